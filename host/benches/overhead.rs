@@ -48,7 +48,13 @@ impl WasiView for BareState {
 }
 
 impl bare::wasm_runner::task::host_log::Host for BareState {
-    fn log(&mut self, _: bare::wasm_runner::task::host_log::Level, _: String, _: Vec<(String, String)>) {}
+    fn log(
+        &mut self,
+        _: bare::wasm_runner::task::host_log::Level,
+        _: String,
+        _: Vec<(String, String)>,
+    ) {
+    }
 }
 
 struct Bare {
@@ -110,7 +116,9 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(5_000);
 
     let wasm = wasm_runner_tests::guest_bytes("example-hello");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let executor = Executor::new(EngineOptions {
         max_concurrent: 1,
         ..EngineOptions::default()
@@ -148,7 +156,11 @@ fn main() -> anyhow::Result<()> {
                 let started = Instant::now();
                 let report = executor.run(&task, &ctx, PAYLOAD, &limits).await;
                 samples[0].push(started.elapsed());
-                anyhow::ensure!(report.output.is_some(), "hello failed: {:?}", report.outcome);
+                anyhow::ensure!(
+                    report.output.is_some(),
+                    "hello failed: {:?}",
+                    report.outcome
+                );
             }
             for _ in 0..ROUND {
                 let started = Instant::now();
@@ -166,7 +178,10 @@ fn main() -> anyhow::Result<()> {
 
     let names = ["executor", "bare, same engine", "bare, stock engine"];
     let mut p50s = Vec::new();
-    println!("hello: {jobs} jobs each, one thread, pooling={}", executor.is_pooling());
+    println!(
+        "hello: {jobs} jobs each, one thread, pooling={}",
+        executor.is_pooling()
+    );
     println!();
     println!("| path | p50 µs | p99 µs | jobs/s (1/mean) |");
     println!("|---|---|---|---|");

@@ -25,7 +25,9 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.parse::<f64>().is_ok() {
-        return Err(format!("`{text}` has no unit; write it as `{text}s` or `{text}ms`"));
+        return Err(format!(
+            "`{text}` has no unit; write it as `{text}s` or `{text}ms`"
+        ));
     }
     humantime::parse_duration(text)
         .map_err(|err| format!("`{text}` is not a duration ({err}); write e.g. `250ms` or `30s`"))
@@ -39,7 +41,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     if text.parse::<f64>().is_ok() {
-        return Err(format!("`{text}` has no unit; write it as e.g. `{text}MiB`"));
+        return Err(format!(
+            "`{text}` has no unit; write it as e.g. `{text}MiB`"
+        ));
     }
     text.parse::<ByteSize>()
         .map(|size| size.as_u64())
@@ -98,9 +102,11 @@ impl Limits {
             ));
         }
         if self.fuel == Some(0) {
-            return Err("a fuel budget of 0 would stop every task at once; omit it or use \
+            return Err(
+                "a fuel budget of 0 would stop every task at once; omit it or use \
                         a positive number"
-                .to_owned());
+                    .to_owned(),
+            );
         }
         Ok(())
     }

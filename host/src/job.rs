@@ -141,7 +141,12 @@ mod tests {
         assert!(context(3, 3).validate().is_ok());
         assert!(context(0, 3).validate().unwrap_err().contains("attempt 0"));
         assert!(context(4, 3).validate().unwrap_err().contains("attempt 4"));
-        assert!(context(1, 0).validate().unwrap_err().contains("max attempts 0"));
+        assert!(
+            context(1, 0)
+                .validate()
+                .unwrap_err()
+                .contains("max attempts 0")
+        );
         assert!(context(1, MAX_ATTEMPTS_LIMIT + 1).validate().is_err());
     }
 }

@@ -87,6 +87,19 @@ pub enum TrapKind {
     Other,
 }
 
+impl TrapKind {
+    /// The kind's stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrapKind::Panic => "panic",
+            TrapKind::Unreachable => "unreachable",
+            TrapKind::StackOverflow => "stack_overflow",
+            TrapKind::Exit => "exit",
+            TrapKind::Other => "other",
+        }
+    }
+}
+
 /// What an outcome means for the job by default (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -149,10 +162,13 @@ impl Outcome {
                 format!("stopped after the {timeout_ms} ms timeout")
             }
             Outcome::MemoryLimit { limit_bytes } => {
-                format!("stopped at the memory limit of {}", bytesize::ByteSize(*limit_bytes))
+                format!(
+                    "stopped at the memory limit of {}",
+                    bytesize::ByteSize(*limit_bytes)
+                )
             }
             Outcome::FuelExhausted { fuel } => format!("used up its fuel budget of {fuel}"),
-            Outcome::Trap { kind, message } => format!("{kind:?} trap: {message}"),
+            Outcome::Trap { kind, message } => format!("{}: {message}", kind.as_str()),
             Outcome::HostError { message } => message.clone(),
         }
     }
@@ -231,6 +247,9 @@ mod tests {
             retry_after_ms: Some(1500),
             code: Some("rate-limited".into()),
         };
-        assert_eq!(outcome.describe(), "[rate-limited] slow down (retry after 1500 ms)");
+        assert_eq!(
+            outcome.describe(),
+            "[rate-limited] slow down (retry after 1500 ms)"
+        );
     }
 }

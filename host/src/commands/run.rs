@@ -85,14 +85,15 @@ impl RunCommand {
             timeout: self.timeout,
             fuel: self.fuel,
         };
-        limits.validate().map_err(|msg| CommandError::Usage(anyhow!(msg)))?;
+        limits
+            .validate()
+            .map_err(|msg| CommandError::Usage(anyhow!(msg)))?;
         let ctx = self.job_context();
-        ctx.validate().map_err(|msg| CommandError::Usage(anyhow!(msg)))?;
+        ctx.validate()
+            .map_err(|msg| CommandError::Usage(anyhow!(msg)))?;
         let payload = self.read_payload().map_err(CommandError::Usage)?;
         let wasm = std::fs::read(&self.component)
-            .with_context(|| {
-                format!("failed to read component `{}`", self.component.display())
-            })
+            .with_context(|| format!("failed to read component `{}`", self.component.display()))
             .map_err(CommandError::Usage)?;
 
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -118,10 +119,15 @@ impl RunCommand {
 
     fn job_context(&self) -> JobContext {
         let job_id = self.job_id.clone().unwrap_or_else(|| {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
             format!("local-{}", now.as_millis())
         });
-        let task_name = self.task_name.clone().unwrap_or_else(|| task_name_of(&self.component));
+        let task_name = self
+            .task_name
+            .clone()
+            .unwrap_or_else(|| task_name_of(&self.component));
         JobContext {
             job_id,
             attempt: self.attempt,
@@ -172,6 +178,8 @@ impl RunCommand {
             if std::io::stdout().is_terminal() && !output.ends_with(b"\n") {
                 writeln!(stdout)?;
             }
+            // Flush before the summary goes to stderr, so a terminal shows them in order.
+            stdout.flush()?;
         }
         eprintln!("{}", summary_line(ctx, report));
         Ok(())
@@ -198,9 +206,15 @@ fn summary_line(ctx: &JobContext, report: &RunReport) -> String {
     let next = match report.outcome.retry_class() {
         RetryClass::Done => String::new(),
         RetryClass::Retry if ctx.attempt < ctx.max_attempts => {
-            format!("; would retry (attempt {} of {})", ctx.attempt, ctx.max_attempts)
+            format!(
+                "; would retry (attempt {} of {})",
+                ctx.attempt, ctx.max_attempts
+            )
         }
-        RetryClass::Retry => format!("; attempts exhausted ({} of {})", ctx.attempt, ctx.max_attempts),
+        RetryClass::Retry => format!(
+            "; attempts exhausted ({} of {})",
+            ctx.attempt, ctx.max_attempts
+        ),
         RetryClass::Fail => "; would not retry".to_owned(),
         RetryClass::Uncharged => "; would retry without spending an attempt".to_owned(),
     };
@@ -219,7 +233,11 @@ fn summary_line(ctx: &JobContext, report: &RunReport) -> String {
 
 fn print_log(log: &JobLog) {
     for record in &log.records {
-        let fields: String = record.fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
+        let fields: String = record
+            .fields
+            .iter()
+            .map(|(k, v)| format!(" {k}={v}"))
+            .collect();
         eprintln!(
             "[{} +{}ms] {}{fields}",
             record.level.as_str(),
@@ -283,7 +301,10 @@ mod tests {
     #[test]
     fn exit_codes_follow_retry_classes() {
         assert_eq!(exit_code(&report(Outcome::Ok)), EXIT_OK);
-        assert_eq!(exit_code(&report(Outcome::TimedOut { timeout_ms: 1 })), EXIT_TRANSIENT);
+        assert_eq!(
+            exit_code(&report(Outcome::TimedOut { timeout_ms: 1 })),
+            EXIT_TRANSIENT
+        );
         assert_eq!(
             exit_code(&report(Outcome::MemoryLimit { limit_bytes: 1 })),
             EXIT_PERMANENT
@@ -296,6 +317,9 @@ mod tests {
 
     #[test]
     fn task_name_defaults_to_the_file_stem() {
-        assert_eq!(task_name_of(Path::new("target/x/example_hello.wasm")), "example_hello");
+        assert_eq!(
+            task_name_of(Path::new("target/x/example_hello.wasm")),
+            "example_hello"
+        );
     }
 }

@@ -66,7 +66,9 @@ impl HeadTail {
     pub(crate) fn render(&self) -> (String, u64) {
         let mut bytes = self.head.clone();
         if self.dropped > 0 {
-            bytes.extend_from_slice(format!("\n[... {} bytes dropped ...]\n", self.dropped).as_bytes());
+            bytes.extend_from_slice(
+                format!("\n[... {} bytes dropped ...]\n", self.dropped).as_bytes(),
+            );
         }
         bytes.extend(self.tail.iter());
         (String::from_utf8_lossy(&bytes).into_owned(), self.dropped)
@@ -95,7 +97,9 @@ impl CaptureStream {
     fn lock(&self) -> MutexGuard<'_, HeadTail> {
         // A poisoned lock only means another write panicked half-way; the buffer is still a
         // valid byte buffer, so keep using it.
-        self.buffer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.buffer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn append(&self, bytes: &[u8]) {
@@ -145,7 +149,11 @@ impl OutputStream for CaptureStream {
 }
 
 impl AsyncWrite for CaptureStream {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.append(buf);
         Poll::Ready(Ok(buf.len()))
     }

@@ -81,7 +81,10 @@ pub(crate) fn wasm_error(
     if let Some(exit) = err.downcast_ref::<I32Exit>() {
         return Outcome::Trap {
             kind: TrapKind::Exit,
-            message: format!("the task called exit({}) instead of returning from `run`", exit.0),
+            message: format!(
+                "the task called exit({}) instead of returning from `run`",
+                exit.0
+            ),
         };
     }
     if memory_limit_hit {
@@ -142,7 +145,10 @@ mod tests {
 
     #[test]
     fn no_panic_message_without_a_panic() {
-        assert_eq!(panic_message("memory allocation of 1048576 bytes failed\n"), None);
+        assert_eq!(
+            panic_message("memory allocation of 1048576 bytes failed\n"),
+            None
+        );
     }
 
     #[test]

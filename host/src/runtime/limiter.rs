@@ -118,7 +118,11 @@ mod tests {
     fn refuses_huge_tables() {
         let mut limiter = MemoryLimiter::new(10);
         assert!(limiter.table_growing(0, 10, None).unwrap());
-        assert!(!limiter.table_growing(10, MAX_TABLE_ELEMENTS + 1, None).unwrap());
+        assert!(
+            !limiter
+                .table_growing(10, MAX_TABLE_ELEMENTS + 1, None)
+                .unwrap()
+        );
         assert!(limiter.hit());
     }
 }

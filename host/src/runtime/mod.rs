@@ -164,7 +164,11 @@ impl Executor {
             return RunReport::host_error(format!("refusing to run: {message}"));
         }
         // The semaphore lives as long as the executor and is never closed.
-        let _slot = self.slots.acquire().await.expect("executor slots are never closed");
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("executor slots are never closed");
 
         let started = Instant::now();
         let deadline = started + limits.timeout;

@@ -125,7 +125,10 @@ mod tests {
         assert_eq!(dropped, 50);
         assert_eq!(records.len(), HEAD_RECORDS + TAIL_RECORDS);
         assert_eq!(records[0].message, "0");
-        assert_eq!(records[HEAD_RECORDS].message, (HEAD_RECORDS + 50).to_string());
+        assert_eq!(
+            records[HEAD_RECORDS].message,
+            (HEAD_RECORDS + 50).to_string()
+        );
         assert_eq!(records.last().unwrap().message, (total - 1).to_string());
     }
 
