@@ -7,9 +7,13 @@
 //! - [`job`]: job data shared by every layer: the context a task sees and the log it leaves.
 //! - [`runtime`]: the sandbox: loads components and runs one attempt under limits.
 //! - [`outcome`]: how an attempt ended, and what each ending means for retries.
+//! - [`scheduler`]: retry timing: what happens to a job after an attempt; pure, no I/O.
 
 pub mod commands;
 pub mod config;
 pub mod job;
 pub mod outcome;
+pub mod queue;
 pub mod runtime;
+pub mod scheduler;
+pub mod worker;

@@ -13,6 +13,7 @@
 //! | `fuel_exhausted` | fail | fuel is deterministic: the same input burns the same fuel |
 //! | `trap` | fail | a panic, `unreachable` or stack overflow is a bug in the task |
 //! | `host_error` | uncharged | the host's fault: retry without spending one of the job's attempts |
+//! | `aborted` | uncharged | the host stopped the attempt (shutdown, lost lease), not the task |
 //!
 //! Per-task overrides of these defaults belong to the retry policy, not here.
 
@@ -67,6 +68,12 @@ pub enum Outcome {
     HostError {
         /// What went wrong in the host.
         message: String,
+    },
+    /// The host stopped the attempt on purpose: the worker is shutting down, or it lost the
+    /// job's lease and another worker may already be running it.
+    Aborted {
+        /// Why the host stopped it.
+        reason: String,
     },
 }
 
@@ -124,7 +131,7 @@ impl Outcome {
             | Outcome::MemoryLimit { .. }
             | Outcome::FuelExhausted { .. }
             | Outcome::Trap { .. } => RetryClass::Fail,
-            Outcome::HostError { .. } => RetryClass::Uncharged,
+            Outcome::HostError { .. } | Outcome::Aborted { .. } => RetryClass::Uncharged,
         }
     }
 
@@ -139,6 +146,7 @@ impl Outcome {
             Outcome::FuelExhausted { .. } => "fuel_exhausted",
             Outcome::Trap { .. } => "trap",
             Outcome::HostError { .. } => "host_error",
+            Outcome::Aborted { .. } => "aborted",
         }
     }
 
@@ -170,6 +178,7 @@ impl Outcome {
             Outcome::FuelExhausted { fuel } => format!("used up its fuel budget of {fuel}"),
             Outcome::Trap { kind, message } => format!("{}: {message}", kind.as_str()),
             Outcome::HostError { message } => message.clone(),
+            Outcome::Aborted { reason } => format!("stopped by the host: {reason}"),
         }
     }
 }

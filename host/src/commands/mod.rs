@@ -1,13 +1,25 @@
 //! The `wasm-runner` subcommands. Each lives in its own file as a clap struct with an
 //! `execute` method; this file holds the top-level parser and the exit codes.
 
+mod common;
+mod enqueue;
+mod inspect;
 mod run;
+mod serve;
+mod tasks;
+mod upload;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub use common::{PolicyArgs, QueueArg, RedisArgs};
+pub use enqueue::EnqueueCommand;
+pub use inspect::{JobCommand, JobsCommand, RequeueCommand, StatsCommand};
 pub use run::RunCommand;
+pub use serve::ServeCommand;
+pub use tasks::TasksCommand;
+pub use upload::UploadCommand;
 
 /// Exit code: the job succeeded.
 pub const EXIT_OK: u8 = 0;
@@ -31,6 +43,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Run(RunCommand),
+    Upload(UploadCommand),
+    Tasks(TasksCommand),
+    Enqueue(EnqueueCommand),
+    Serve(ServeCommand),
+    Job(JobCommand),
+    Jobs(JobsCommand),
+    Requeue(RequeueCommand),
+    Stats(StatsCommand),
 }
 
 /// Why a command failed, which decides its exit code.
@@ -63,6 +83,14 @@ impl Cli {
     pub fn execute(self) -> Result<ExitCode, CommandError> {
         match self.command {
             Command::Run(command) => command.execute(),
+            Command::Upload(command) => command.execute(),
+            Command::Tasks(command) => command.execute(),
+            Command::Enqueue(command) => command.execute(),
+            Command::Serve(command) => command.execute(),
+            Command::Job(command) => command.execute(),
+            Command::Jobs(command) => command.execute(),
+            Command::Requeue(command) => command.execute(),
+            Command::Stats(command) => command.execute(),
         }
     }
 }

@@ -91,7 +91,8 @@ impl RunCommand {
         let ctx = self.job_context();
         ctx.validate()
             .map_err(|msg| CommandError::Usage(anyhow!(msg)))?;
-        let payload = self.read_payload().map_err(CommandError::Usage)?;
+        let payload = read_payload(self.payload.as_deref(), self.payload_file.as_deref())
+            .map_err(CommandError::Usage)?;
         let wasm = std::fs::read(&self.component)
             .with_context(|| format!("failed to read component `{}`", self.component.display()))
             .map_err(CommandError::Usage)?;
@@ -137,28 +138,6 @@ impl RunCommand {
         }
     }
 
-    fn read_payload(&self) -> anyhow::Result<Vec<u8>> {
-        if let Some(json) = &self.payload {
-            serde_json::from_str::<serde_json::Value>(json).with_context(|| {
-                "--payload is not valid JSON; quote it for your shell (e.g. '{\"name\": \"Ada\"}') \
-                 or pass raw bytes with --payload-file"
-            })?;
-            return Ok(json.clone().into_bytes());
-        }
-        let Some(path) = &self.payload_file else {
-            return Ok(Vec::new());
-        };
-        if path == Path::new("-") {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut bytes)
-                .context("failed to read the payload from stdin")?;
-            return Ok(bytes);
-        }
-        std::fs::read(path)
-            .with_context(|| format!("failed to read payload file `{}`", path.display()))
-    }
-
     fn print(&self, ctx: &JobContext, report: &RunReport) -> anyhow::Result<()> {
         if let (Some(path), Some(output)) = (&self.output, &report.output) {
             std::fs::write(path, output)
@@ -184,6 +163,29 @@ impl RunCommand {
         eprintln!("{}", summary_line(ctx, report));
         Ok(())
     }
+}
+
+/// Reads a payload given as JSON text or as a file of raw bytes (`-` for stdin); empty when
+/// neither is given.
+pub(crate) fn read_payload(json: Option<&str>, file: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+    if let Some(json) = json {
+        serde_json::from_str::<serde_json::Value>(json).with_context(|| {
+            "--payload is not valid JSON; quote it for your shell (e.g. '{\"name\": \"Ada\"}') \
+             or pass raw bytes with --payload-file"
+        })?;
+        return Ok(json.as_bytes().to_vec());
+    }
+    let Some(path) = file else {
+        return Ok(Vec::new());
+    };
+    if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("failed to read the payload from stdin")?;
+        return Ok(bytes);
+    }
+    std::fs::read(path).with_context(|| format!("failed to read payload file `{}`", path.display()))
 }
 
 fn task_name_of(path: &Path) -> String {

@@ -4,6 +4,9 @@
 //! Each way a file can be wrong has its own [`LoadError`] variant with a message that says what
 //! to do about it, because the person reading it just tried to upload or run that file.
 
+use std::hash::{Hash as _, Hasher as _};
+use std::path::Path;
+
 use wasmtime::Engine;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
@@ -71,12 +74,92 @@ pub(crate) fn load(
     linker: &Linker<JobState>,
     wasm: &[u8],
 ) -> Result<TaskComponent, LoadError> {
-    check_header(wasm)?;
+    link(engine, linker, compile(engine, wasm)?)
+}
 
+/// [`load`], with the compiled code kept in `dir` under the digest and the engine's hash.
+pub(crate) fn load_cached(
+    engine: &Engine,
+    linker: &Linker<JobState>,
+    wasm: &[u8],
+    digest: &str,
+    dir: &Path,
+) -> Result<TaskComponent, LoadError> {
+    let path = dir.join(format!("{digest}-{:016x}.cwasm", engine_hash(engine)));
+    if path.exists() {
+        match deserialize(engine, &path) {
+            Ok(component) => return link(engine, linker, component),
+            Err(err) => tracing::warn!(
+                path = %path.display(),
+                error = %format!("{err:#}"),
+                "unusable compile cache entry; recompiling"
+            ),
+        }
+    }
+
+    let component = compile(engine, wasm)?;
+    let task = link(engine, linker, component.clone())?;
+    if let Err(err) = store_artifact(&component, dir, &path) {
+        tracing::warn!(
+            path = %path.display(),
+            error = %format!("{err:#}"),
+            "cannot write the compile cache; continuing without it"
+        );
+    }
+    Ok(task)
+}
+
+/// Loads compiled code from the cache.
+///
+/// This is the only `unsafe` in the host: wasmtime runs deserialized machine code as it is,
+/// so a file must be one this engine wrote. The cache directory is created private to the
+/// user (0700), names include a hash of the engine's settings and version, and wasmtime itself
+/// checks the header's version and settings before loading.
+#[allow(
+    unsafe_code,
+    reason = "loading artifacts this engine compiled; see the doc comment"
+)]
+fn deserialize(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
+    // SAFETY: the file was written by `store_artifact` from `Component::serialize` with an
+    // engine of the same settings (its name carries their hash), in a directory only this user
+    // can write to.
+    Ok(unsafe { Component::deserialize_file(engine, path) }?)
+}
+
+fn store_artifact(component: &Component, dir: &Path, path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let bytes = component.serialize()?;
+    // Write to a temporary name and rename, so a reader never sees half a file.
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(&temporary, path)?;
+    Ok(())
+}
+
+fn engine_hash(engine: &Engine) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hasher.finish()
+}
+
+fn compile(engine: &Engine, wasm: &[u8]) -> Result<Component, LoadError> {
+    check_header(wasm)?;
     let component =
         Component::new(engine, wasm).map_err(|err| LoadError::Invalid(format!("{err:#}")))?;
-    check_run_export(engine, &component)?;
+    Ok(component)
+}
 
+fn link(
+    engine: &Engine,
+    linker: &Linker<JobState>,
+    component: Component,
+) -> Result<TaskComponent, LoadError> {
+    check_run_export(engine, &component)?;
     let instance_pre = linker
         .instantiate_pre(&component)
         .map_err(|err| LoadError::UnknownImport(describe_link_error(&err)))?;

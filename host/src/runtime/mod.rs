@@ -3,6 +3,7 @@
 //!
 //! Nothing here knows about Redis or retries; an attempt goes in, a [`RunReport`] comes out.
 
+mod abort;
 mod bindings;
 mod capture;
 mod classify;
@@ -23,6 +24,7 @@ use crate::config::Limits;
 use crate::job::{JobContext, JobLog};
 use crate::outcome::Outcome;
 
+pub use abort::AbortHandle;
 pub use engine::EngineOptions;
 pub use load::{LoadError, TASK_WORLD, TaskComponent};
 
@@ -123,6 +125,28 @@ impl Executor {
         load::load(&self.engine, &self.linker, wasm)
     }
 
+    /// [`Executor::load`], keeping the compiled code in `cache_dir` so that the next process
+    /// with the same engine settings skips compilation.
+    ///
+    /// Artifacts are named by the component's `digest` and a hash of the engine's settings and
+    /// wasmtime version. A cache file that cannot be read or used is replaced; a cache that
+    /// cannot be written is skipped with a warning.
+    ///
+    /// # Errors
+    ///
+    /// As [`Executor::load`].
+    pub fn load_cached(
+        &self,
+        wasm: &[u8],
+        digest: &str,
+        cache_dir: Option<&std::path::Path>,
+    ) -> Result<TaskComponent, LoadError> {
+        match cache_dir {
+            Some(dir) => load::load_cached(&self.engine, &self.linker, wasm, digest, dir),
+            None => self.load(wasm),
+        }
+    }
+
     /// Checks `limits` against this executor's settings.
     ///
     /// # Errors
@@ -148,17 +172,30 @@ impl Executor {
     ///
     /// Never fails and never panics on guest behaviour: every way the attempt can end,
     /// including limits that are out of range for this executor, is an [`Outcome`].
-    #[tracing::instrument(
-        name = "attempt",
-        skip_all,
-        fields(job_id = %ctx.job_id, task = %ctx.task_name, attempt = ctx.attempt),
-    )]
     pub async fn run(
         &self,
         task: &TaskComponent,
         ctx: &JobContext,
         payload: &[u8],
         limits: &Limits,
+    ) -> RunReport {
+        self.run_abortable(task, ctx, payload, limits, &AbortHandle::new())
+            .await
+    }
+
+    /// [`Executor::run`], stopped early with [`Outcome::Aborted`] if `abort` is triggered.
+    #[tracing::instrument(
+        name = "attempt",
+        skip_all,
+        fields(job_id = %ctx.job_id, task = %ctx.task_name, attempt = ctx.attempt),
+    )]
+    pub async fn run_abortable(
+        &self,
+        task: &TaskComponent,
+        ctx: &JobContext,
+        payload: &[u8],
+        limits: &Limits,
+        abort: &AbortHandle,
     ) -> RunReport {
         if let Err(message) = self.check_limits(limits) {
             return RunReport::host_error(format!("refusing to run: {message}"));
@@ -172,7 +209,7 @@ impl Executor {
 
         let started = Instant::now();
         let deadline = started + limits.timeout;
-        let mut store = self.new_store(limits, started, deadline);
+        let mut store = self.new_store(limits, started, deadline, abort.clone());
 
         let wit_ctx = bindings::JobContext {
             job_id: ctx.job_id.clone(),
@@ -193,8 +230,12 @@ impl Executor {
                 .map_err(|err| (Phase::Call, err))
         };
         // The epoch deadline stops guest code; this outer timeout also stops a guest that is
-        // blocked inside a host call (a long sleep), where epochs are not checked.
-        let result = tokio::time::timeout_at(deadline.into(), call).await;
+        // blocked inside a host call (a long sleep), where epochs are not checked. An abort
+        // likewise stops both.
+        let result = tokio::select! {
+            result = tokio::time::timeout_at(deadline.into(), call) => Some(result),
+            () = abort.aborted() => None,
+        };
         let elapsed = started.elapsed();
 
         let fuel_consumed = limits.fuel.map(|budget| {
@@ -207,15 +248,28 @@ impl Executor {
         let log = finish_log(state);
 
         let (outcome, output) = match result {
-            Err(_elapsed) => (
+            // An abort can also surface as an epoch interrupt from inside the guest.
+            None | Some(_) if abort.is_aborted() => (
+                Outcome::Aborted {
+                    reason: abort.reason().unwrap_or_default(),
+                },
+                None,
+            ),
+            None => (
+                Outcome::HostError {
+                    message: "the attempt stopped without a result or an abort".to_owned(),
+                },
+                None,
+            ),
+            Some(Err(_elapsed)) => (
                 Outcome::TimedOut {
                     timeout_ms: limits.timeout.as_millis() as u64,
                 },
                 None,
             ),
-            Ok(Ok(Ok(output))) => (Outcome::Ok, Some(output)),
-            Ok(Ok(Err(error))) => (classify::task_error(error), None),
-            Ok(Err((phase, err))) => {
+            Some(Ok(Ok(Ok(output)))) => (Outcome::Ok, Some(output)),
+            Some(Ok(Ok(Err(error)))) => (classify::task_error(error), None),
+            Some(Ok(Err((phase, err)))) => {
                 let outcome =
                     classify::wasm_error(phase, &err, limits, memory_limit_hit, &log.stderr);
                 (outcome, None)
@@ -237,7 +291,13 @@ impl Executor {
         }
     }
 
-    fn new_store(&self, limits: &Limits, started: Instant, deadline: Instant) -> Store<JobState> {
+    fn new_store(
+        &self,
+        limits: &Limits,
+        started: Instant,
+        deadline: Instant,
+        abort: AbortHandle,
+    ) -> Store<JobState> {
         let mut store = Store::new(&self.engine, JobState::new(limits.memory_bytes, started));
         store.limiter(|state| &mut state.limiter);
         if self.options.fuel {
@@ -249,7 +309,7 @@ impl Executor {
         // busy guest cannot hog a runtime thread, and stop the guest once the deadline passes.
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
+            if abort.is_aborted() || Instant::now() >= deadline {
                 Ok(UpdateDeadline::Interrupt)
             } else {
                 Ok(UpdateDeadline::Yield(1))
@@ -274,7 +334,8 @@ fn finish_log(state: JobState) -> JobLog {
 }
 
 impl RunReport {
-    fn host_error(message: String) -> Self {
+    /// A report for an attempt the host could not run.
+    pub fn host_error(message: String) -> Self {
         RunReport {
             outcome: Outcome::HostError { message },
             output: None,

@@ -1,0 +1,136 @@
+//! `wasm-runner serve`: runs a worker until SIGTERM or Ctrl-C.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use clap::Args;
+
+use super::CommandError;
+use super::common::{RedisArgs, block_on};
+use crate::config::parse_duration;
+use crate::queue::{DEFAULT_QUEUE, check_name};
+use crate::runtime::{EngineOptions, Executor};
+use crate::worker::{WorkerConfig, serve};
+
+/// Run a worker: fetch jobs, run them in the sandbox, record outcomes, retry.
+///
+/// Stops on SIGTERM or Ctrl-C: no new jobs are fetched, running jobs get the grace period to
+/// finish, and the rest go back to their queue without spending an attempt. Exits 0.
+#[derive(Debug, Args)]
+pub struct ServeCommand {
+    /// How many jobs run at once.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    concurrency: usize,
+
+    /// A queue to serve; repeat for several, in priority order.
+    #[arg(long = "queue", value_name = "NAME", default_value = DEFAULT_QUEUE)]
+    queues: Vec<String>,
+
+    /// How long a job's lease lasts without renewal; a worker that dies loses its jobs to other
+    /// workers after this long. Renewed every third of it.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    lease: Duration,
+
+    /// How long running jobs may go on after SIGTERM before they are released.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    grace: Duration,
+
+    /// Where compiled tasks are cached across restarts. Default: `$XDG_CACHE_HOME/wasm-runner`
+    /// or `~/.cache/wasm-runner`.
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+    cache_dir: Option<PathBuf>,
+
+    /// Do not cache compiled tasks on disk.
+    #[arg(long)]
+    no_cache: bool,
+
+    /// This worker's id in attempt records and stats. Default: hostname and process id.
+    #[arg(long, value_name = "ID")]
+    worker_id: Option<String>,
+
+    #[command(flatten)]
+    redis: RedisArgs,
+}
+
+impl ServeCommand {
+    /// Runs the worker until a signal.
+    ///
+    /// # Errors
+    ///
+    /// A usage error for bad flags; a host error when Redis is unreachable at start.
+    pub fn execute(self) -> Result<ExitCode, CommandError> {
+        let usage = |msg: String| CommandError::Usage(anyhow!(msg));
+        if !(1..=1024).contains(&self.concurrency) {
+            return Err(usage(format!(
+                "concurrency {} is out of range; use 1 to 1024",
+                self.concurrency
+            )));
+        }
+        if self.lease < Duration::from_millis(300) {
+            return Err(usage("the lease must be at least 300ms".to_owned()));
+        }
+        for queue in &self.queues {
+            check_name("queue", queue).map_err(usage)?;
+        }
+        check_name("tenant", &self.redis.tenant).map_err(usage)?;
+
+        let executor = Executor::new(EngineOptions {
+            max_concurrent: self.concurrency as u32,
+            ..EngineOptions::default()
+        })
+        .map_err(CommandError::Host)?;
+        let config = WorkerConfig {
+            redis_url: self.redis.redis.clone(),
+            tenant: self.redis.tenant.clone(),
+            queues: self.queues.clone(),
+            concurrency: self.concurrency,
+            lease: self.lease,
+            grace: self.grace,
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir.clone().or_else(default_cache_dir)
+            },
+            worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
+        };
+        block_on(async move {
+            serve(config, Arc::new(executor), shutdown_signal())
+                .await
+                .map_err(CommandError::Host)
+        })?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            // Without a SIGTERM handler, Ctrl-C still works.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("wasm-runner"))
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "worker".to_owned());
+    format!("{host}-{}", std::process::id())
+}

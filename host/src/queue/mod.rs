@@ -1,0 +1,733 @@
+//! The Redis side: the task registry and the job queue. The only module that talks to Redis.
+//!
+//! Every state change is one Lua script (`lua/*.lua`), so it is atomic, uses the Redis server's
+//! clock, checks all its preconditions before its first write, and touches only keys of one
+//! queue's hash tag (see [`keys`]), which lets it run on Redis Cluster. The main type is
+//! [`Queue`], a handle for one tenant.
+
+pub mod keys;
+pub mod model;
+
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, FromRedisValue, Script, Value};
+use sha2::{Digest, Sha256};
+
+use crate::scheduler::RetryPolicy;
+
+pub use keys::{QueueKeys, TenantKeys, check_name};
+pub use model::{
+    AttemptRecord, Completion, EnqueueRequest, Enqueued, Fetched, JobState, JobSummary, JobView,
+    LeasedJob, QueueStats, TaskDefaults, TaskVersion,
+};
+
+/// The tenant used when none is named.
+pub const DEFAULT_TENANT: &str = "default";
+/// The queue used when none is named.
+pub const DEFAULT_QUEUE: &str = "default";
+/// The largest payload accepted by default (1 MiB).
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long succeeded jobs (and their results) are kept.
+pub const SUCCEEDED_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long failed jobs are kept for inspection and requeueing.
+pub const FAILED_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// A job fails after losing this many workers (killed, stalled or cut off mid-attempt).
+pub const MAX_WORKER_LOSSES: u32 = 3;
+
+/// How long a command may wait for Redis before it is reported as failed.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{}\n{body}", include_str!("lua/clock.lua")))
+}
+
+/// The scripts, built once; `redis::Script` sends the SHA and reloads a script if Redis lost it
+/// (after a restart or failover).
+struct Scripts {
+    enqueue: Script,
+    fetch: Script,
+    renew: Script,
+    finish: Script,
+    requeue: Script,
+    upload: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            enqueue: script(include_str!("lua/enqueue.lua")),
+            fetch: script(include_str!("lua/fetch.lua")),
+            renew: script(include_str!("lua/renew.lua")),
+            finish: script(include_str!("lua/finish.lua")),
+            requeue: script(include_str!("lua/requeue.lua")),
+            upload: script(include_str!("lua/upload.lua")),
+        }
+    }
+}
+
+/// A connection to the queue for one tenant. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Queue {
+    conn: ConnectionManager,
+    tenant: String,
+    tenant_keys: TenantKeys,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connects to Redis at `url`, failing fast with a message that says what to check.
+///
+/// # Errors
+///
+/// When the URL does not parse or Redis does not answer.
+pub async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
+    let client = redis::Client::open(url).with_context(|| {
+        format!("`{url}` is not a Redis URL; use e.g. redis://127.0.0.1:6379 or rediss://host")
+    })?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    client
+        .get_connection_manager_with_config(config)
+        .await
+        .with_context(|| format!("failed to connect to Redis at {url}; is it running?"))
+}
+
+impl Queue {
+    /// A handle for `tenant` over an existing connection.
+    ///
+    /// # Errors
+    ///
+    /// When the tenant name is not valid (see [`check_name`]).
+    pub fn new(conn: ConnectionManager, tenant: &str) -> anyhow::Result<Self> {
+        check_name("tenant", tenant).map_err(|msg| anyhow!(msg))?;
+        Ok(Queue {
+            conn,
+            tenant: tenant.to_owned(),
+            tenant_keys: TenantKeys::new(tenant),
+            scripts: std::sync::Arc::new(Scripts::new()),
+        })
+    }
+
+    /// Connects to `url` and returns a handle for `tenant`.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`] and [`Queue::new`].
+    pub async fn open(url: &str, tenant: &str) -> anyhow::Result<Self> {
+        check_name("tenant", tenant).map_err(|msg| anyhow!(msg))?;
+        Queue::new(connect(url).await?, tenant)
+    }
+
+    /// The tenant this handle acts for.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    fn queue_keys(&self, queue: &str) -> anyhow::Result<QueueKeys> {
+        check_name("queue", queue).map_err(|msg| anyhow!(msg))?;
+        Ok(QueueKeys::new(&self.tenant, queue))
+    }
+
+    /// Stores a component and records it as the newest version of task `name`.
+    ///
+    /// The caller validates the component first (the upload command loads it into an executor);
+    /// this only stores. Bytes are stored once per digest, however often they are uploaded.
+    ///
+    /// # Errors
+    ///
+    /// When the name is not valid or Redis fails.
+    pub async fn upload(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        defaults: &TaskDefaults,
+    ) -> anyhow::Result<TaskVersion> {
+        check_name("task", name).map_err(|msg| anyhow!(msg))?;
+        let digest = format!("{:x}", Sha256::digest(wasm));
+        let record = serde_json::json!({
+            "name": name,
+            "digest": digest,
+            "size_bytes": wasm.len(),
+            "defaults": defaults,
+        });
+        let encoded: String = self
+            .scripts
+            .upload
+            .key(self.tenant_keys.component(&digest))
+            .key(self.tenant_keys.versions(name))
+            .key(self.tenant_keys.tasks())
+            .arg(wasm)
+            .arg(name)
+            .arg(record.to_string())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .with_context(|| format!("failed to store task `{name}` in Redis"))?;
+        serde_json::from_str(&encoded).context("Redis returned a malformed task version")
+    }
+
+    /// The newest version of every task, by name.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails or holds a malformed record.
+    pub async fn tasks(&self) -> anyhow::Result<Vec<TaskVersion>> {
+        let all: Vec<(String, String)> = self
+            .conn
+            .clone()
+            .hgetall(self.tenant_keys.tasks())
+            .await
+            .context("failed to list tasks")?;
+        let mut tasks = all
+            .into_iter()
+            .map(|(name, json)| {
+                serde_json::from_str(&json)
+                    .with_context(|| format!("task `{name}` has a malformed record in Redis"))
+            })
+            .collect::<anyhow::Result<Vec<TaskVersion>>>()?;
+        tasks.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(tasks)
+    }
+
+    /// Every version of task `name`, oldest first; empty if there is no such task.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails or holds a malformed record.
+    pub async fn versions(&self, name: &str) -> anyhow::Result<Vec<TaskVersion>> {
+        check_name("task", name).map_err(|msg| anyhow!(msg))?;
+        let all: Vec<String> = self
+            .conn
+            .clone()
+            .lrange(self.tenant_keys.versions(name), 0, -1)
+            .await
+            .with_context(|| format!("failed to read the versions of task `{name}`"))?;
+        all.iter()
+            .map(|json| serde_json::from_str(json).context("malformed task version in Redis"))
+            .collect()
+    }
+
+    /// The newest version of task `name`, if it exists.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails or holds a malformed record.
+    pub async fn task(&self, name: &str) -> anyhow::Result<Option<TaskVersion>> {
+        check_name("task", name).map_err(|msg| anyhow!(msg))?;
+        let json: Option<String> = self
+            .conn
+            .clone()
+            .hget(self.tenant_keys.tasks(), name)
+            .await
+            .with_context(|| format!("failed to look up task `{name}`"))?;
+        json.map(|json| serde_json::from_str(&json).context("malformed task record in Redis"))
+            .transpose()
+    }
+
+    /// The bytes of the component with `digest`, if stored.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    pub async fn component(&self, digest: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        self.conn
+            .clone()
+            .get(self.tenant_keys.component(digest))
+            .await
+            .with_context(|| format!("failed to read component {digest}"))
+    }
+
+    /// Adds a job to `queue` and returns its id.
+    ///
+    /// The job is pinned to the task's newest version at this moment. The request's overrides
+    /// replace the task's defaults.
+    ///
+    /// # Errors
+    ///
+    /// When the task does not exist, the payload is over `max_payload_bytes`, an override is
+    /// invalid, or Redis fails. Nothing is written in any of those cases.
+    pub async fn enqueue(
+        &self,
+        queue: &str,
+        request: &EnqueueRequest,
+        max_payload_bytes: usize,
+    ) -> anyhow::Result<Enqueued> {
+        let keys = self.queue_keys(queue)?;
+        if request.payload.len() > max_payload_bytes {
+            bail!(
+                "the payload is {} bytes, over the limit of {max_payload_bytes} bytes; store \
+                 large inputs elsewhere and pass a reference",
+                request.payload.len()
+            );
+        }
+        let Some(task) = self.task(&request.task).await? else {
+            bail!(
+                "there is no task `{}` for tenant `{}`; upload it first with \
+                 `wasm-runner upload FILE --name {}`",
+                request.task,
+                self.tenant,
+                request.task
+            );
+        };
+        let policy = request
+            .policy
+            .clone()
+            .unwrap_or(task.defaults.policy.clone());
+        policy.validate().map_err(|msg| anyhow!(msg))?;
+        let timeout_ms = request
+            .timeout
+            .map_or(task.defaults.timeout_ms, |t| t.as_millis() as u64);
+        let memory_bytes = request.memory_bytes.unwrap_or(task.defaults.memory_bytes);
+        crate::config::Limits {
+            memory_bytes,
+            timeout: Duration::from_millis(timeout_ms),
+            fuel: None,
+        }
+        .validate()
+        .map_err(|msg| anyhow!(msg))?;
+
+        let id = uuid::Uuid::now_v7().to_string();
+        let (idem_key, idem_ttl) = match &request.idempotency_key {
+            Some(key) => {
+                check_name("idempotency key", key).map_err(|msg| anyhow!(msg))?;
+                (keys.idempotency(key), IDEMPOTENCY_TTL.as_millis() as u64)
+            }
+            None => (keys.job(&id), 0),
+        };
+        let policy_json = serde_json::to_string(&policy)?;
+        let (created, id): (i64, String) = self
+            .scripts
+            .enqueue
+            .key(keys.job(&id))
+            .key(keys.ready())
+            .key(keys.scheduled())
+            .key(idem_key)
+            .key(keys.wake())
+            .arg(&id)
+            .arg(request.delay.map_or(0, |d| d.as_millis() as u64))
+            .arg(request.at_ms.unwrap_or(0))
+            .arg(idem_ttl)
+            .arg("task")
+            .arg(&request.task)
+            .arg("digest")
+            .arg(&task.digest)
+            .arg("payload")
+            .arg(request.payload.as_slice())
+            .arg("policy")
+            .arg(policy_json)
+            .arg("timeout_ms")
+            .arg(timeout_ms)
+            .arg("memory_bytes")
+            .arg(memory_bytes)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .with_context(|| format!("failed to enqueue a `{}` job", request.task))?;
+        Ok(Enqueued {
+            id,
+            created: created == 1,
+        })
+    }
+
+    /// Leases up to `max` jobs from `queue` to `worker` for `lease`, after recovering expired
+    /// leases and promoting due jobs.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails or returns something malformed.
+    pub async fn fetch(
+        &self,
+        queue: &str,
+        worker: &str,
+        lease: Duration,
+        max: usize,
+    ) -> anyhow::Result<Fetched> {
+        let keys = self.queue_keys(queue)?;
+        let (jobs, next_due, _now): (Vec<Vec<Value>>, i64, i64) = self
+            .scripts
+            .fetch
+            .key(keys.ready())
+            .key(keys.scheduled())
+            .key(keys.running())
+            .key(keys.failed())
+            .key(keys.succeeded())
+            .key(keys.workers())
+            .arg(keys.prefix())
+            .arg(worker)
+            .arg(lease.as_millis() as u64)
+            .arg(max)
+            .arg(MAX_WORKER_LOSSES)
+            .arg(SUCCEEDED_RETENTION.as_millis() as u64)
+            .arg(FAILED_RETENTION.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .with_context(|| format!("failed to fetch jobs from queue `{queue}`"))?;
+        let jobs = jobs
+            .into_iter()
+            .map(parse_leased)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Fetched {
+            jobs,
+            next_due: u64::try_from(next_due).ok().map(Duration::from_millis),
+        })
+    }
+
+    /// Renews the leases `worker` holds on `jobs` (id, token) and returns the ids it has lost.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    pub async fn renew(
+        &self,
+        queue: &str,
+        worker: &str,
+        lease: Duration,
+        jobs: &[(String, u64)],
+    ) -> anyhow::Result<Vec<String>> {
+        let keys = self.queue_keys(queue)?;
+        let mut invocation = self.scripts.renew.key(keys.running());
+        invocation
+            .key(keys.workers())
+            .arg(keys.prefix())
+            .arg(worker)
+            .arg(lease.as_millis() as u64);
+        for (id, token) in jobs {
+            invocation.arg(id).arg(token);
+        }
+        invocation
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .with_context(|| format!("failed to renew leases on queue `{queue}`"))
+    }
+
+    /// Records how an attempt of `job` ended. Returns false when the lease was no longer the
+    /// caller's: then nothing was written, and another worker owns the job.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    pub async fn finish(
+        &self,
+        queue: &str,
+        job: &LeasedJob,
+        completion: &Completion,
+        outcome: &serde_json::Value,
+        record: &AttemptRecord,
+    ) -> anyhow::Result<bool> {
+        let keys = self.queue_keys(queue)?;
+        let (decision, delay, charged, result): (&str, Duration, bool, &[u8]) = match completion {
+            Completion::Succeed { result } => ("succeed", Duration::ZERO, true, result),
+            Completion::Retry { delay, charged } => ("retry", *delay, *charged, &[]),
+            Completion::Fail => ("fail", Duration::ZERO, true, &[]),
+            Completion::Release => ("release", Duration::ZERO, false, &[]),
+        };
+        let written: i64 = self
+            .scripts
+            .finish
+            .key(keys.job(&job.id))
+            .key(keys.attempts(&job.id))
+            .key(keys.running())
+            .key(keys.ready())
+            .key(keys.scheduled())
+            .key(keys.failed())
+            .key(keys.succeeded())
+            .key(keys.wake())
+            .arg(&job.id)
+            .arg(job.token)
+            .arg(decision)
+            .arg(delay.as_millis() as u64)
+            .arg(if charged { "1" } else { "0" })
+            .arg(result)
+            .arg(outcome.to_string())
+            .arg(serde_json::to_string(record)?)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .with_context(|| format!("failed to record the outcome of job {}", job.id))?;
+        Ok(written == 1)
+    }
+
+    /// Waits up to `timeout` for a wake-up token on `queue` (an enqueue or a retry made a job
+    /// ready) and returns whether one came. Uses `conn`, which must be a connection of its own:
+    /// the wait blocks it.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    pub async fn wait_for_work(
+        &self,
+        conn: &mut ConnectionManager,
+        queue: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<bool> {
+        let keys = self.queue_keys(queue)?;
+        let token: Option<(String, String)> = conn
+            .blpop(keys.wake(), timeout.as_secs_f64())
+            .await
+            .with_context(|| format!("failed to wait for work on queue `{queue}`"))?;
+        Ok(token.is_some())
+    }
+
+    /// Puts failed job `id` back in the ready list with fresh attempts, optionally moving it to
+    /// the task's newest version. Returns false when there is no failed job with that id.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    pub async fn requeue(&self, queue: &str, id: &str, latest: bool) -> anyhow::Result<bool> {
+        let keys = self.queue_keys(queue)?;
+        let digest = if latest {
+            let task: Option<String> = self
+                .conn
+                .clone()
+                .hget(keys.job(id), "task")
+                .await
+                .with_context(|| format!("failed to read job {id}"))?;
+            let Some(task) = task else { return Ok(false) };
+            let Some(version) = self.task(&task).await? else {
+                bail!("task `{task}` of job {id} no longer exists; upload it again");
+            };
+            version.digest
+        } else {
+            String::new()
+        };
+        let done: i64 = self
+            .scripts
+            .requeue
+            .key(keys.job(id))
+            .key(keys.failed())
+            .key(keys.ready())
+            .key(keys.wake())
+            .arg(id)
+            .arg(digest)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .with_context(|| format!("failed to requeue job {id}"))?;
+        Ok(done == 1)
+    }
+
+    /// The ids in the failed set of `queue`, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    pub async fn failed_ids(&self, queue: &str, limit: usize) -> anyhow::Result<Vec<String>> {
+        let keys = self.queue_keys(queue)?;
+        self.conn
+            .clone()
+            .zrange(keys.failed(), 0, limit as isize - 1)
+            .await
+            .context("failed to list failed jobs")
+    }
+
+    /// Job `id` of `queue` with its attempts, if it exists.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails or holds a malformed record.
+    pub async fn job(&self, queue: &str, id: &str) -> anyhow::Result<Option<JobView>> {
+        let keys = self.queue_keys(queue)?;
+        let mut conn = self.conn.clone();
+        let (fields, attempts): (Vec<(String, Vec<u8>)>, Vec<String>) = redis::pipe()
+            .hgetall(keys.job(id))
+            .lrange(keys.attempts(id), 0, -1)
+            .query_async(&mut conn)
+            .await
+            .with_context(|| format!("failed to read job {id}"))?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let fields: std::collections::HashMap<String, Vec<u8>> = fields.into_iter().collect();
+        let text = |name: &str| {
+            fields
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let number = |name: &str| text(name).and_then(|v| v.parse::<u64>().ok());
+        let policy: Option<RetryPolicy> =
+            text("policy").and_then(|json| serde_json::from_str(&json).ok());
+        let state = JobState::parse(&text("state").unwrap_or_default())
+            .map_err(|msg| anyhow!("job {id} is malformed: {msg}"))?;
+        let result = fields.get("result");
+        Ok(Some(JobView {
+            id: id.to_owned(),
+            queue: queue.to_owned(),
+            task: text("task").unwrap_or_default(),
+            digest: text("digest").unwrap_or_default(),
+            state,
+            attempt: number("attempt").unwrap_or(0) as u32,
+            max_attempts: policy.map_or(0, |p| p.max_attempts),
+            losses: number("losses").unwrap_or(0) as u32,
+            enqueued_at_ms: number("enqueued_at"),
+            started_at_ms: number("started_at"),
+            finished_at_ms: number("finished_at"),
+            due_at_ms: number("due_at").filter(|_| state == JobState::Scheduled),
+            outcome: text("outcome").and_then(|json| serde_json::from_str(&json).ok()),
+            result: result.map(|bytes| String::from_utf8_lossy(bytes).into_owned()),
+            result_bytes: result.map(Vec::len),
+            payload_bytes: fields.get("payload").map_or(0, Vec::len),
+            attempts: attempts
+                .iter()
+                .filter_map(|json| serde_json::from_str(json).ok())
+                .collect(),
+        }))
+    }
+
+    /// Up to `limit` jobs of `queue` in `state`, optionally only of `task`.
+    ///
+    /// Queued jobs are listed in the order they will run; the other states newest first.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    pub async fn jobs(
+        &self,
+        queue: &str,
+        state: JobState,
+        task: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<JobSummary>> {
+        let keys = self.queue_keys(queue)?;
+        let mut conn = self.conn.clone();
+        // Scan more ids than asked when filtering by task, within a fixed bound.
+        let scan = if task.is_some() {
+            limit.saturating_mul(20).min(10_000)
+        } else {
+            limit
+        };
+        let end = scan as isize - 1;
+        let ids: Vec<String> = match state {
+            JobState::Queued => conn.lrange(keys.ready(), 0, end).await,
+            JobState::Scheduled => conn.zrange(keys.scheduled(), 0, end).await,
+            JobState::Running => conn.zrange(keys.running(), 0, end).await,
+            JobState::Succeeded => conn.zrevrange(keys.succeeded(), 0, end).await,
+            JobState::Failed => conn.zrevrange(keys.failed(), 0, end).await,
+        }
+        .with_context(|| format!("failed to list {} jobs", state.as_str()))?;
+
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HMGET")
+                .arg(keys.job(id))
+                .arg("task")
+                .arg("attempt")
+                .arg("outcome");
+        }
+        let rows: Vec<(Option<String>, Option<u32>, Option<String>)> = pipe
+            .query_async(&mut conn)
+            .await
+            .context("failed to read jobs")?;
+        Ok(ids
+            .into_iter()
+            .zip(rows)
+            .filter_map(|(id, (job_task, attempt, outcome))| {
+                let job_task = job_task?;
+                if task.is_some_and(|wanted| wanted != job_task) {
+                    return None;
+                }
+                let last_outcome = outcome
+                    .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
+                    .map(|value| model::describe_outcome(&value))
+                    .unwrap_or_default();
+                Some(JobSummary {
+                    id,
+                    task: job_task,
+                    state,
+                    attempt: attempt.unwrap_or(0),
+                    last_outcome,
+                })
+            })
+            .take(limit)
+            .collect())
+    }
+
+    /// Counts per state and the workers seen on `queue` in the last `alive_within`.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    pub async fn stats(&self, queue: &str, alive_within: Duration) -> anyhow::Result<QueueStats> {
+        let keys = self.queue_keys(queue)?;
+        let mut conn = self.conn.clone();
+        type Counts = (u64, u64, u64, u64, u64, Vec<(String, u64)>, (u64, u64));
+        let (queued, scheduled, running, succeeded, failed, workers, time): Counts = redis::pipe()
+            .llen(keys.ready())
+            .zcard(keys.scheduled())
+            .zcard(keys.running())
+            .zcard(keys.succeeded())
+            .zcard(keys.failed())
+            .zrange_withscores(keys.workers(), 0, -1)
+            .cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .with_context(|| format!("failed to read stats of queue `{queue}`"))?;
+        let now_ms = time.0 * 1000 + time.1 / 1000;
+        let alive_ms = alive_within.as_millis() as u64;
+        Ok(QueueStats {
+            queue: queue.to_owned(),
+            counts: vec![
+                (JobState::Queued, queued),
+                (JobState::Scheduled, scheduled),
+                (JobState::Running, running),
+                (JobState::Succeeded, succeeded),
+                (JobState::Failed, failed),
+            ],
+            workers: workers
+                .into_iter()
+                .map(|(worker, seen)| (worker, now_ms.saturating_sub(seen)))
+                .filter(|(_, ago)| *ago <= alive_ms)
+                .collect(),
+            succeeded_retention_ms: SUCCEEDED_RETENTION.as_millis() as u64,
+            failed_retention_ms: FAILED_RETENTION.as_millis() as u64,
+        })
+    }
+}
+
+fn parse_leased(values: Vec<Value>) -> anyhow::Result<LeasedJob> {
+    let mut values = values.into_iter();
+    let mut next = |what: &str| {
+        values
+            .next()
+            .ok_or_else(|| anyhow!("fetched job is missing its {what}"))
+    };
+    fn parse<T: FromRedisValue>(value: Value, what: &str) -> anyhow::Result<T> {
+        T::from_redis_value(value).map_err(|err| anyhow!("fetched job has a bad {what}: {err}"))
+    }
+    let id: String = parse(next("id")?, "id")?;
+    let token: u64 = parse(next("token")?, "token")?;
+    let attempt: u32 = parse(next("attempt")?, "attempt")?;
+    let losses: u32 = parse(next("losses")?, "losses")?;
+    let task: String = parse(next("task")?, "task")?;
+    let digest: String = parse(next("digest")?, "digest")?;
+    let payload: Vec<u8> = parse(next("payload")?, "payload")?;
+    let policy: String = parse(next("policy")?, "policy")?;
+    let timeout_ms: u64 = parse(next("timeout")?, "timeout")?;
+    let memory_bytes: u64 = parse(next("memory limit")?, "memory limit")?;
+    let policy = serde_json::from_str(&policy)
+        .with_context(|| format!("job {id} has a malformed retry policy"))?;
+    Ok(LeasedJob {
+        id,
+        token,
+        attempt,
+        losses,
+        task,
+        digest,
+        payload,
+        policy,
+        timeout: Duration::from_millis(timeout_ms),
+        memory_bytes,
+    })
+}
