@@ -4,8 +4,13 @@
 //!   says why it is missing.
 //! - [`guest_bytes`]: the same, read into memory.
 //! - [`all_guests`]: every guest package that was built, for the test that checks each is used.
+//! - [`TestRedis`]: a private `redis-server` on a free loopback port, killed on drop.
 
 use std::path::PathBuf;
+
+mod redis;
+
+pub use redis::TestRedis;
 
 /// Where `build.rs` put the guest components.
 const GUEST_DIR: &str = env!("WASM_RUNNER_GUEST_DIR");
