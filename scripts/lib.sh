@@ -21,3 +21,24 @@ build_examples() {
     echo "==> building $((${#packages[@]} / 2)) example tasks for wasm32-wasip2"
     cargo build --quiet --target wasm32-wasip2 --profile guest "${packages[@]}"
 }
+
+# Installs redis-server from Debian's packages when it is missing: the queue tests and the
+# demo start private servers of their own (never the one on port 6379).
+ensure_redis_server() {
+    if command -v redis-server >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "==> installing redis-server"
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        sudo="sudo"
+    fi
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq redis-server >/dev/null
+    # The package starts a system service on 6379 on some systems; we do not use it.
+}
+
+# Prints a free TCP port on the loopback interface.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
