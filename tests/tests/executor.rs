@@ -403,6 +403,58 @@ fn bad_files_get_specific_errors() {
     assert!(message.contains("wrong type"), "{message}");
 }
 
+/// The compile cache is written on first load and used on the next, by a new executor.
+#[tokio::test]
+async fn compile_cache_is_reused_across_executors() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = guest_bytes("example-hello");
+    let first = executor();
+    first
+        .load_cached(&wasm, "digest-1", Some(dir.path()))
+        .expect("loads");
+    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(entries.len(), 1, "one artifact written");
+    let artifact = entries[0].as_ref().unwrap().path();
+    let written = std::fs::metadata(&artifact).unwrap().modified().unwrap();
+
+    let second = executor();
+    let task = second
+        .load_cached(&wasm, "digest-1", Some(dir.path()))
+        .expect("loads");
+    let report = second
+        .run(
+            &task,
+            &context(1),
+            br#"{"name": "Cache"}"#,
+            &Limits::default(),
+        )
+        .await;
+    assert_eq!(output_json(&report)["greeting"], "Hello, Cache!");
+    assert_eq!(
+        std::fs::metadata(&artifact).unwrap().modified().unwrap(),
+        written
+    );
+
+    // A damaged artifact is replaced, not trusted.
+    std::fs::write(&artifact, b"garbage").unwrap();
+    let task = second
+        .load_cached(&wasm, "digest-1", Some(dir.path()))
+        .expect("recompiles");
+    let report = second
+        .run(
+            &task,
+            &context(1),
+            br#"{"name": "Again"}"#,
+            &Limits::default(),
+        )
+        .await;
+    assert_eq!(report.outcome, Outcome::Ok);
+    assert!(
+        std::fs::read(&artifact).unwrap().len() > 1000,
+        "artifact rewritten"
+    );
+}
+
 /// Limits that the executor cannot honour are refused before anything runs.
 #[test]
 fn limits_beyond_the_executor_are_refused() {

@@ -388,6 +388,37 @@ async fn job_that_keeps_losing_its_worker_fails() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A batch is enqueued in order in a few round trips; one bad request refuses the whole batch.
+#[tokio::test]
+async fn batch_enqueue_is_all_or_nothing_when_checked() -> anyhow::Result<()> {
+    let redis = TestRedis::start()?;
+    let queue = Queue::open(&redis.url(), "default").await?;
+    upload(&queue, "hello", "example-hello", policy(1, &[50])).await;
+
+    let mut requests: Vec<EnqueueRequest> = (0..1200)
+        .map(|n| EnqueueRequest::new("hello", format!(r#"{{"name": "n{n}"}}"#)))
+        .collect();
+    let ids = queue.enqueue_batch(QUEUE, &requests, MAX_PAYLOAD).await?;
+    assert_eq!(ids.len(), 1200);
+    let queued = queue.jobs(QUEUE, JobState::Queued, None, 2000).await?;
+    let queued: Vec<&str> = queued.iter().map(|job| job.id.as_str()).collect();
+    let enqueued: Vec<&str> = ids.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(queued, enqueued, "ready in enqueue order");
+
+    requests.push(EnqueueRequest::new("missing", "{}"));
+    assert!(
+        queue
+            .enqueue_batch(QUEUE, &requests, MAX_PAYLOAD)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        queue.jobs(QUEUE, JobState::Queued, None, 5000).await?.len(),
+        1200
+    );
+    Ok(())
+}
+
 /// Bad requests are refused with a specific message and write nothing.
 #[tokio::test]
 async fn bad_enqueues_are_refused_without_writes() -> anyhow::Result<()> {

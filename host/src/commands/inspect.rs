@@ -236,7 +236,7 @@ impl RequeueCommand {
     }
 }
 
-/// Show counts per state and the workers alive, per queue.
+/// Show job counts per state (per queue and per task) and the workers alive.
 #[derive(Debug, Args)]
 pub struct StatsCommand {
     /// A queue to show; repeat for several.
@@ -287,6 +287,14 @@ impl StatsCommand {
                 crate::config::format_duration(Duration::from_millis(stats.succeeded_retention_ms)),
                 crate::config::format_duration(Duration::from_millis(stats.failed_retention_ms)),
             );
+            for task in &stats.tasks {
+                let counts: Vec<String> = task
+                    .counts
+                    .iter()
+                    .map(|(state, count)| format!("{} {count}", state.as_str()))
+                    .collect();
+                println!("  task {}: {}", task.task, counts.join(", "));
+            }
             if stats.workers.is_empty() {
                 println!("  no workers seen in the last minute");
             }

@@ -18,6 +18,7 @@
 //! wr:{acme/default}:idem:<key>         STRING idempotency key -> job id
 //! wr:{acme/default}:workers            ZSET   worker id -> last heartbeat (ms)
 //! wr:{acme/default}:wake               LIST   a token per enqueue, to wake idle workers
+//! wr:{acme/default}:counts             HASH   `<task>|<state>` -> number of jobs
 //! ```
 
 /// Every key starts with this, so wasm-runner's keys are easy to find in a shared Redis.
@@ -150,6 +151,11 @@ impl QueueKeys {
     pub fn wake(&self) -> String {
         format!("{}:wake", self.tag)
     }
+
+    /// Job counts per task and state, kept by the scripts.
+    pub fn counts(&self) -> String {
+        format!("{}:counts", self.tag)
+    }
 }
 
 #[cfg(test)]
@@ -170,6 +176,7 @@ mod tests {
             keys.idempotency("k"),
             keys.workers(),
             keys.wake(),
+            keys.counts(),
         ];
         for key in &all {
             assert!(key.starts_with("wr:{acme/images}:"), "{key}");

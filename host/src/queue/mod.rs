@@ -8,6 +8,7 @@
 pub mod keys;
 pub mod model;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -20,7 +21,7 @@ use crate::scheduler::RetryPolicy;
 pub use keys::{QueueKeys, TenantKeys, check_name};
 pub use model::{
     AttemptRecord, Completion, EnqueueRequest, Enqueued, Fetched, JobState, JobSummary, JobView,
-    LeasedJob, QueueStats, TaskDefaults, TaskVersion,
+    LeasedJob, QueueStats, TaskCounts, TaskDefaults, TaskVersion,
 };
 
 /// The tenant used when none is named.
@@ -44,7 +45,7 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn script(body: &str) -> Script {
-    Script::new(&format!("{}\n{body}", include_str!("lua/clock.lua")))
+    Script::new(&format!("{}\n{body}", include_str!("lua/prelude.lua")))
 }
 
 /// The scripts, built once; `redis::Script` sends the SHA and reloads a script if Redis lost it
@@ -267,80 +268,89 @@ impl Queue {
         request: &EnqueueRequest,
         max_payload_bytes: usize,
     ) -> anyhow::Result<Enqueued> {
-        let keys = self.queue_keys(queue)?;
-        if request.payload.len() > max_payload_bytes {
-            bail!(
-                "the payload is {} bytes, over the limit of {max_payload_bytes} bytes; store \
-                 large inputs elsewhere and pass a reference",
-                request.payload.len()
-            );
-        }
-        let Some(task) = self.task(&request.task).await? else {
-            bail!(
-                "there is no task `{}` for tenant `{}`; upload it first with \
-                 `wasm-runner upload FILE --name {}`",
-                request.task,
-                self.tenant,
-                request.task
-            );
-        };
-        let policy = request
-            .policy
-            .clone()
-            .unwrap_or(task.defaults.policy.clone());
-        policy.validate().map_err(|msg| anyhow!(msg))?;
-        let timeout_ms = request
-            .timeout
-            .map_or(task.defaults.timeout_ms, |t| t.as_millis() as u64);
-        let memory_bytes = request.memory_bytes.unwrap_or(task.defaults.memory_bytes);
-        crate::config::Limits {
-            memory_bytes,
-            timeout: Duration::from_millis(timeout_ms),
-            fuel: None,
-        }
-        .validate()
-        .map_err(|msg| anyhow!(msg))?;
+        let mut enqueued = self
+            .enqueue_batch(queue, std::slice::from_ref(request), max_payload_bytes)
+            .await?;
+        Ok(enqueued.remove(0))
+    }
 
-        let id = uuid::Uuid::now_v7().to_string();
-        let (idem_key, idem_ttl) = match &request.idempotency_key {
-            Some(key) => {
-                check_name("idempotency key", key).map_err(|msg| anyhow!(msg))?;
-                (keys.idempotency(key), IDEMPOTENCY_TTL.as_millis() as u64)
+    /// Adds many jobs to `queue` in as few round trips as possible, and returns their ids in
+    /// the order of `requests`.
+    ///
+    /// Every request is checked before anything is written: one bad request refuses the whole
+    /// batch. Each job is still added by its own script call, so a Redis failure half-way
+    /// leaves the earlier jobs of the batch enqueued; enqueue them again with idempotency keys
+    /// to make a retried batch safe.
+    ///
+    /// # Errors
+    ///
+    /// As [`Queue::enqueue`], for any request of the batch.
+    pub async fn enqueue_batch(
+        &self,
+        queue: &str,
+        requests: &[EnqueueRequest],
+        max_payload_bytes: usize,
+    ) -> anyhow::Result<Vec<Enqueued>> {
+        let keys = self.queue_keys(queue)?;
+        let mut tasks: HashMap<&str, TaskVersion> = HashMap::new();
+        let mut jobs = Vec::with_capacity(requests.len());
+        for request in requests {
+            if !tasks.contains_key(request.task.as_str()) {
+                let Some(task) = self.task(&request.task).await? else {
+                    bail!(
+                        "there is no task `{}` for tenant `{}`; upload it first with \
+                         `wasm-runner upload FILE --name {}`",
+                        request.task,
+                        self.tenant,
+                        request.task
+                    );
+                };
+                tasks.insert(&request.task, task);
             }
-            None => (keys.job(&id), 0),
-        };
-        let policy_json = serde_json::to_string(&policy)?;
-        let (created, id): (i64, String) = self
-            .scripts
+            let task = &tasks[request.task.as_str()];
+            jobs.push(PreparedJob::new(&keys, request, task, max_payload_bytes)?);
+        }
+
+        let mut conn = self.conn.clone();
+        let mut enqueued = Vec::with_capacity(jobs.len());
+        if let [job] = jobs.as_slice() {
+            let (created, id): (i64, String) = job
+                .invocation(&self.scripts.enqueue, &keys)
+                .invoke_async(&mut conn)
+                .await
+                .with_context(|| format!("failed to enqueue a `{}` job", job.task))?;
+            enqueued.push(Enqueued {
+                id,
+                created: created == 1,
+            });
+            return Ok(enqueued);
+        }
+        // A pipeline does not reload a script Redis has lost, so load it first.
+        self.scripts
             .enqueue
-            .key(keys.job(&id))
-            .key(keys.ready())
-            .key(keys.scheduled())
-            .key(idem_key)
-            .key(keys.wake())
-            .arg(&id)
-            .arg(request.delay.map_or(0, |d| d.as_millis() as u64))
-            .arg(request.at_ms.unwrap_or(0))
-            .arg(idem_ttl)
-            .arg("task")
-            .arg(&request.task)
-            .arg("digest")
-            .arg(&task.digest)
-            .arg("payload")
-            .arg(request.payload.as_slice())
-            .arg("policy")
-            .arg(policy_json)
-            .arg("timeout_ms")
-            .arg(timeout_ms)
-            .arg("memory_bytes")
-            .arg(memory_bytes)
-            .invoke_async(&mut self.conn.clone())
+            .prepare_invoke()
+            .load_async(&mut conn)
             .await
-            .with_context(|| format!("failed to enqueue a `{}` job", request.task))?;
-        Ok(Enqueued {
-            id,
-            created: created == 1,
-        })
+            .context("failed to load the enqueue script")?;
+        for chunk in jobs.chunks(ENQUEUE_PIPELINE) {
+            let invocations: Vec<_> = chunk
+                .iter()
+                .map(|job| job.invocation(&self.scripts.enqueue, &keys))
+                .collect();
+            let mut pipe = redis::pipe();
+            for invocation in &invocations {
+                pipe.invoke_script(invocation);
+            }
+            let results: Vec<(i64, String)> = pipe
+                .query_async(&mut conn)
+                .await
+                .context("failed to enqueue a batch of jobs")?;
+            enqueued.extend(results.into_iter().map(|(created, id)| Enqueued {
+                id,
+                created: created == 1,
+            }));
+        }
+        Ok(enqueued)
     }
 
     /// Leases up to `max` jobs from `queue` to `worker` for `lease`, after recovering expired
@@ -662,18 +672,29 @@ impl Queue {
     pub async fn stats(&self, queue: &str, alive_within: Duration) -> anyhow::Result<QueueStats> {
         let keys = self.queue_keys(queue)?;
         let mut conn = self.conn.clone();
-        type Counts = (u64, u64, u64, u64, u64, Vec<(String, u64)>, (u64, u64));
-        let (queued, scheduled, running, succeeded, failed, workers, time): Counts = redis::pipe()
-            .llen(keys.ready())
-            .zcard(keys.scheduled())
-            .zcard(keys.running())
-            .zcard(keys.succeeded())
-            .zcard(keys.failed())
-            .zrange_withscores(keys.workers(), 0, -1)
-            .cmd("TIME")
-            .query_async(&mut conn)
-            .await
-            .with_context(|| format!("failed to read stats of queue `{queue}`"))?;
+        type Counts = (
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+            Vec<(String, u64)>,
+            Vec<(String, i64)>,
+            (u64, u64),
+        );
+        let (queued, scheduled, running, succeeded, failed, workers, per_task, time): Counts =
+            redis::pipe()
+                .llen(keys.ready())
+                .zcard(keys.scheduled())
+                .zcard(keys.running())
+                .zcard(keys.succeeded())
+                .zcard(keys.failed())
+                .zrange_withscores(keys.workers(), 0, -1)
+                .hgetall(keys.counts())
+                .cmd("TIME")
+                .query_async(&mut conn)
+                .await
+                .with_context(|| format!("failed to read stats of queue `{queue}`"))?;
         let now_ms = time.0 * 1000 + time.1 / 1000;
         let alive_ms = alive_within.as_millis() as u64;
         Ok(QueueStats {
@@ -690,9 +711,136 @@ impl Queue {
                 .map(|(worker, seen)| (worker, now_ms.saturating_sub(seen)))
                 .filter(|(_, ago)| *ago <= alive_ms)
                 .collect(),
+            tasks: task_counts(per_task),
             succeeded_retention_ms: SUCCEEDED_RETENTION.as_millis() as u64,
             failed_retention_ms: FAILED_RETENTION.as_millis() as u64,
         })
+    }
+}
+
+/// Groups the `<task>|<state>` counters by task, skipping zeros and unknown states.
+fn task_counts(fields: Vec<(String, i64)>) -> Vec<TaskCounts> {
+    let mut by_task: std::collections::BTreeMap<String, Vec<(JobState, u64)>> = Default::default();
+    for (field, count) in fields {
+        let Some((task, state)) = field.rsplit_once('|') else {
+            continue;
+        };
+        let (Ok(state), Ok(count)) = (JobState::parse(state), u64::try_from(count)) else {
+            continue;
+        };
+        if count > 0 {
+            by_task
+                .entry(task.to_owned())
+                .or_default()
+                .push((state, count));
+        }
+    }
+    by_task
+        .into_iter()
+        .map(|(task, mut counts)| {
+            counts.sort_by_key(|(state, _)| JobState::ALL.iter().position(|s| s == state));
+            TaskCounts { task, counts }
+        })
+        .collect()
+}
+
+/// How many enqueue calls go into one pipeline.
+const ENQUEUE_PIPELINE: usize = 500;
+
+/// One checked enqueue request, ready to send.
+struct PreparedJob<'a> {
+    id: String,
+    task: &'a str,
+    digest: String,
+    payload: &'a [u8],
+    policy_json: String,
+    timeout_ms: u64,
+    memory_bytes: u64,
+    delay_ms: u64,
+    at_ms: u64,
+    idempotency: Option<(String, u64)>,
+}
+
+impl<'a> PreparedJob<'a> {
+    /// Checks `request` against `task`'s defaults and the size limit.
+    fn new(
+        keys: &QueueKeys,
+        request: &'a EnqueueRequest,
+        task: &TaskVersion,
+        max_payload_bytes: usize,
+    ) -> anyhow::Result<Self> {
+        if request.payload.len() > max_payload_bytes {
+            bail!(
+                "the payload is {} bytes, over the limit of {max_payload_bytes} bytes; store \
+                 large inputs elsewhere and pass a reference",
+                request.payload.len()
+            );
+        }
+        let policy = request.policy.as_ref().unwrap_or(&task.defaults.policy);
+        policy.validate().map_err(|msg| anyhow!(msg))?;
+        let timeout_ms = request
+            .timeout
+            .map_or(task.defaults.timeout_ms, |t| t.as_millis() as u64);
+        let memory_bytes = request.memory_bytes.unwrap_or(task.defaults.memory_bytes);
+        crate::config::Limits {
+            memory_bytes,
+            timeout: Duration::from_millis(timeout_ms),
+            fuel: None,
+        }
+        .validate()
+        .map_err(|msg| anyhow!(msg))?;
+        let idempotency = match &request.idempotency_key {
+            Some(key) => {
+                check_name("idempotency key", key).map_err(|msg| anyhow!(msg))?;
+                Some((keys.idempotency(key), IDEMPOTENCY_TTL.as_millis() as u64))
+            }
+            None => None,
+        };
+        Ok(PreparedJob {
+            id: uuid::Uuid::now_v7().to_string(),
+            task: &request.task,
+            digest: task.digest.clone(),
+            payload: &request.payload,
+            policy_json: serde_json::to_string(policy)?,
+            timeout_ms,
+            memory_bytes,
+            delay_ms: request.delay.map_or(0, |d| d.as_millis() as u64),
+            at_ms: request.at_ms.unwrap_or(0),
+            idempotency,
+        })
+    }
+
+    /// The enqueue script call for this job (see `lua/enqueue.lua` for the protocol).
+    fn invocation<'s>(&self, script: &'s Script, keys: &QueueKeys) -> redis::ScriptInvocation<'s> {
+        let job_key = keys.job(&self.id);
+        let (idem_key, idem_ttl) = match &self.idempotency {
+            Some((key, ttl)) => (key.clone(), *ttl),
+            None => (job_key.clone(), 0),
+        };
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(job_key)
+            .key(keys.ready())
+            .key(keys.scheduled())
+            .key(idem_key)
+            .key(keys.wake())
+            .arg(&self.id)
+            .arg(self.delay_ms)
+            .arg(self.at_ms)
+            .arg(idem_ttl)
+            .arg("task")
+            .arg(self.task)
+            .arg("digest")
+            .arg(&self.digest)
+            .arg("payload")
+            .arg(self.payload)
+            .arg("policy")
+            .arg(&self.policy_json)
+            .arg("timeout_ms")
+            .arg(self.timeout_ms)
+            .arg("memory_bytes")
+            .arg(self.memory_bytes);
+        invocation
     }
 }
 

@@ -276,12 +276,23 @@ pub struct QueueStats {
     pub queue: String,
     /// Jobs per state.
     pub counts: Vec<(JobState, u64)>,
+    /// Jobs per state for each task that has any, by task name.
+    pub tasks: Vec<TaskCounts>,
     /// Workers that fetched or renewed recently: id and ms since their last heartbeat.
     pub workers: Vec<(String, u64)>,
     /// How long succeeded and failed jobs are kept, in ms.
     pub succeeded_retention_ms: u64,
     /// How long failed jobs are kept, in ms.
     pub failed_retention_ms: u64,
+}
+
+/// Job counts of one task.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskCounts {
+    /// The task.
+    pub task: String,
+    /// Jobs per state.
+    pub counts: Vec<(JobState, u64)>,
 }
 
 /// Reads an [`Outcome`] back from a stored value, when it is one.

@@ -114,16 +114,18 @@ pub(crate) fn load_cached(
 /// This is the only `unsafe` in the host: wasmtime runs deserialized machine code as it is,
 /// so a file must be one this engine wrote. The cache directory is created private to the
 /// user (0700), names include a hash of the engine's settings and version, and wasmtime itself
-/// checks the header's version and settings before loading.
+/// checks the header's version and settings before loading. The file is read into memory
+/// rather than mapped: a mapped file that someone truncates would crash the worker.
 #[allow(
     unsafe_code,
     reason = "loading artifacts this engine compiled; see the doc comment"
 )]
 fn deserialize(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
-    // SAFETY: the file was written by `store_artifact` from `Component::serialize` with an
-    // engine of the same settings (its name carries their hash), in a directory only this user
-    // can write to.
-    Ok(unsafe { Component::deserialize_file(engine, path) }?)
+    let bytes = std::fs::read(path)?;
+    // SAFETY: the bytes were written by `store_artifact` from `Component::serialize` with an
+    // engine of the same settings (the file name carries their hash), in a directory only
+    // this user can write to.
+    Ok(unsafe { Component::deserialize(engine, &bytes) }?)
 }
 
 fn store_artifact(component: &Component, dir: &Path, path: &Path) -> anyhow::Result<()> {

@@ -22,17 +22,25 @@ if tonumber(ARGV[3]) > 0 then
   due = tonumber(ARGV[3])
 end
 local fields = {}
+local task = false
 for i = 5, #ARGV do
   fields[#fields + 1] = ARGV[i]
+  if i % 2 == 1 and ARGV[i] == 'task' then
+    task = ARGV[i + 1]
+  end
 end
+-- 'wr:{tenant/queue}:ready' minus 'ready' is the queue's key prefix.
+local prefix = string.sub(KEYS[2], 1, -6)
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'enqueued_at', now, 'attempt', 0, 'losses', 0,
   'token', 0, unpack(fields))
 if due > now then
   redis.call('HSET', KEYS[1], 'state', 'scheduled', 'due_at', due)
   redis.call('ZADD', KEYS[3], due, ARGV[1])
+  count_move(prefix, task, false, 'scheduled')
 else
   redis.call('HSET', KEYS[1], 'state', 'queued')
   redis.call('RPUSH', KEYS[2], ARGV[1])
+  count_move(prefix, task, false, 'queued')
 end
 if idem_ttl > 0 then
   redis.call('SET', KEYS[4], ARGV[1], 'PX', idem_ttl)

@@ -18,7 +18,7 @@ for _, id in ipairs(expired) do
   local job = prefix .. 'job:' .. id
   redis.call('ZREM', KEYS[3], id)
   if redis.call('EXISTS', job) == 1 then
-    local f = redis.call('HMGET', job, 'attempt', 'worker', 'started_at')
+    local f = redis.call('HMGET', job, 'attempt', 'worker', 'started_at', 'task')
     local outcome = {class = 'worker_lost',
       message = 'the worker stopped renewing its lease (killed, stalled or cut off from Redis)'}
     redis.call('RPUSH', job .. ':attempts', cjson.encode({attempt = tonumber(f[1]),
@@ -29,9 +29,11 @@ for _, id in ipairs(expired) do
       redis.call('HSET', job, 'state', 'failed', 'finished_at', now,
         'outcome', cjson.encode(outcome))
       redis.call('ZADD', KEYS[4], now, id)
+      count_move(prefix, f[4], 'running', 'failed')
     else
       redis.call('HSET', job, 'state', 'queued')
       redis.call('LPUSH', KEYS[1], id)
+      count_move(prefix, f[4], 'running', 'queued')
     end
   end
 end
@@ -41,16 +43,19 @@ end
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
 for i = #due, 1, -1 do
   local id = due[i]
+  local job = prefix .. 'job:' .. id
   redis.call('ZREM', KEYS[2], id)
-  redis.call('HSET', prefix .. 'job:' .. id, 'state', 'queued')
+  redis.call('HSET', job, 'state', 'queued')
   redis.call('LPUSH', KEYS[1], id)
+  count_move(prefix, redis.call('HGET', job, 'task'), 'scheduled', 'queued')
 end
 
 -- Retention is by age only; nothing is dropped because of a count.
-for _, pair in ipairs({{KEYS[5], ARGV[6]}, {KEYS[4], ARGV[7]}}) do
+for _, pair in ipairs({{KEYS[5], ARGV[6], 'succeeded'}, {KEYS[4], ARGV[7], 'failed'}}) do
   local old = redis.call('ZRANGEBYSCORE', pair[1], '-inf', now - tonumber(pair[2]),
     'LIMIT', 0, 100)
   for _, id in ipairs(old) do
+    count_move(prefix, redis.call('HGET', prefix .. 'job:' .. id, 'task'), pair[3], false)
     redis.call('DEL', prefix .. 'job:' .. id, prefix .. 'job:' .. id .. ':attempts')
     redis.call('ZREM', pair[1], id)
   end
@@ -72,6 +77,7 @@ while #jobs < want do
     redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), id)
     local f = redis.call('HMGET', job, 'losses', 'task', 'digest', 'payload', 'policy',
       'timeout_ms', 'memory_bytes')
+    count_move(prefix, f[2], 'queued', 'running')
     jobs[#jobs + 1] = {id, token, attempt, f[1], f[2], f[3], f[4], f[5], f[6], f[7]}
   end
 end

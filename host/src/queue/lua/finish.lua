@@ -5,11 +5,13 @@
 --       5 whether the attempt counts (1 or 0), 6 result bytes, 7 outcome (JSON),
 --       8 attempt record (JSON object; the server's start and end times are added here)
 -- Returns 1, or 0 when the lease is no longer the caller's (fenced: nothing is written).
-local f = redis.call('HMGET', KEYS[1], 'state', 'token', 'started_at')
+local f = redis.call('HMGET', KEYS[1], 'state', 'token', 'started_at', 'task')
 if f[1] ~= 'running' or f[2] ~= ARGV[2] then
   return 0
 end
 local now = now_ms()
+-- 'wr:{tenant/queue}:ready' minus 'ready' is the queue's key prefix.
+local prefix = string.sub(KEYS[4], 1, -6)
 local record = cjson.decode(ARGV[8])
 record['started_at_ms'] = tonumber(f[3])
 record['ended_at_ms'] = now
@@ -21,9 +23,11 @@ local decision = ARGV[3]
 if decision == 'succeed' then
   redis.call('HSET', KEYS[1], 'state', 'succeeded', 'result', ARGV[6], 'finished_at', now)
   redis.call('ZADD', KEYS[7], now, ARGV[1])
+  count_move(prefix, f[4], 'running', 'succeeded')
 elseif decision == 'fail' then
   redis.call('HSET', KEYS[1], 'state', 'failed', 'finished_at', now)
   redis.call('ZADD', KEYS[6], now, ARGV[1])
+  count_move(prefix, f[4], 'running', 'failed')
 else
   if ARGV[5] == '0' then
     redis.call('HINCRBY', KEYS[1], 'attempt', -1)
@@ -33,12 +37,15 @@ else
     -- Released at shutdown: it had started, so it goes back to the front.
     redis.call('HSET', KEYS[1], 'state', 'queued')
     redis.call('LPUSH', KEYS[4], ARGV[1])
+    count_move(prefix, f[4], 'running', 'queued')
   elseif delay > 0 then
     redis.call('HSET', KEYS[1], 'state', 'scheduled', 'due_at', now + delay)
     redis.call('ZADD', KEYS[5], now + delay, ARGV[1])
+    count_move(prefix, f[4], 'running', 'scheduled')
   else
     redis.call('HSET', KEYS[1], 'state', 'queued')
     redis.call('RPUSH', KEYS[4], ARGV[1])
+    count_move(prefix, f[4], 'running', 'queued')
   end
   redis.call('RPUSH', KEYS[8], '1')
   redis.call('LTRIM', KEYS[8], -64, -1)

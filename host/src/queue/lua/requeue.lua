@@ -13,6 +13,8 @@ if ARGV[2] ~= '' then
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('RPUSH', KEYS[3], ARGV[1])
+-- 'wr:{tenant/queue}:ready' minus 'ready' is the queue's key prefix.
+count_move(string.sub(KEYS[3], 1, -6), redis.call('HGET', KEYS[1], 'task'), 'failed', 'queued')
 redis.call('RPUSH', KEYS[4], '1')
 redis.call('LTRIM', KEYS[4], -64, -1)
 return 1

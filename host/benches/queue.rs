@@ -1,0 +1,240 @@
+//! Throughput and retry lateness of the queue, with one worker and a private redis-server.
+//!
+//! Run with `cargo bench -p wasm-runner --bench queue` (add `-- --jobs 20000 --retry-jobs 500`
+//! to change the sizes). It measures, on this machine:
+//!
+//! 1. enqueue: `--jobs` `hello` jobs through `Queue::enqueue_batch` (pipelined), jobs/s;
+//! 2. drain: one worker (the same code `wasm-runner serve` runs, in this process, concurrency
+//!    8) running them all, jobs/s from the first start to the last finish;
+//! 3. Redis cost per job over enqueue plus drain: script calls (round trips), every command
+//!    Redis ran (including those inside scripts), and Redis CPU time, from `INFO`;
+//! 4. retry lateness: `--retry-jobs` `flaky` jobs with intervals 1s,2s and no jitter retry twice
+//!    each; lateness is each retry's start minus (previous end + its interval), on the Redis
+//!    clock, reported as p50 / p99 / max.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use wasm_runner::queue::{EnqueueRequest, JobState, Queue, TaskDefaults};
+use wasm_runner::runtime::{EngineOptions, Executor};
+use wasm_runner::scheduler::{Backoff, RetryPolicy};
+use wasm_runner::worker::{WorkerConfig, serve};
+use wasm_runner_tests::{TestRedis, guest_bytes};
+
+const QUEUE: &str = "default";
+const CONCURRENCY: usize = 8;
+const INTERVALS_MS: [u64; 2] = [1000, 2000];
+
+fn arg(args: &[String], name: &str, default: usize) -> anyhow::Result<usize> {
+    match args.iter().position(|arg| arg == name) {
+        Some(i) => Ok(args.get(i + 1).context("missing value")?.parse()?),
+        None => Ok(default),
+    }
+}
+
+/// Numeric fields of `INFO` sections, by name.
+fn info(redis: &TestRedis, section: &str) -> anyhow::Result<HashMap<String, String>> {
+    let text = redis.command(&["INFO", section])?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .map(|(key, value)| (key.to_owned(), value.trim().to_owned()))
+        .collect())
+}
+
+/// (script calls, all commands) from `INFO commandstats`.
+fn command_counts(redis: &TestRedis) -> anyhow::Result<(u64, u64)> {
+    let stats = info(redis, "commandstats")?;
+    let calls = |value: &str| -> u64 {
+        value
+            .split(',')
+            .find_map(|field| field.strip_prefix("calls="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut scripts = 0;
+    let mut all = 0;
+    for (name, value) in &stats {
+        let Some(command) = name.strip_prefix("cmdstat_") else {
+            continue;
+        };
+        let n = calls(value);
+        all += n;
+        if command == "evalsha" || command == "eval" {
+            scripts += n;
+        }
+    }
+    Ok((scripts, all))
+}
+
+fn redis_cpu_seconds(redis: &TestRedis) -> anyhow::Result<f64> {
+    let cpu = info(redis, "cpu")?;
+    let field = |name: &str| -> f64 { cpu.get(name).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+    Ok(field("used_cpu_sys") + field("used_cpu_user"))
+}
+
+async fn wait_until(
+    queue: &Queue,
+    state: JobState,
+    count: u64,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let stats = queue.stats(QUEUE, Duration::from_secs(60)).await?;
+        let done = stats
+            .counts
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |(_, n)| *n);
+        if done >= count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {count} jobs reached {state:?} within {limit:?}: {stats:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let jobs = arg(&args, "--jobs", 20_000)?;
+    let retry_jobs = arg(&args, "--retry-jobs", 500)?;
+
+    let redis = TestRedis::start()?;
+    let queue = Queue::open(&redis.url(), "default").await?;
+    let defaults = |policy| TaskDefaults {
+        policy,
+        timeout_ms: 30_000,
+        memory_bytes: 64 << 20,
+    };
+    queue
+        .upload(
+            "hello",
+            &guest_bytes("example-hello"),
+            &defaults(RetryPolicy::default()),
+        )
+        .await?;
+    let retries = RetryPolicy::builder()
+        .max_attempts(3)
+        .backoff(Backoff::Intervals(
+            INTERVALS_MS.map(Duration::from_millis).to_vec(),
+        ))
+        .jitter_percent(0)
+        .build()
+        .map_err(anyhow::Error::msg)?;
+    queue
+        .upload("flaky", &guest_bytes("example-flaky"), &defaults(retries))
+        .await?;
+
+    // Start the worker first so it has compiled nothing yet but is connected; the first job of
+    // each task pays for compiling it, as in production.
+    let executor = Arc::new(Executor::new(EngineOptions {
+        max_concurrent: CONCURRENCY as u32,
+        ..EngineOptions::default()
+    })?);
+    redis.command(&["CONFIG", "RESETSTAT"])?;
+    let cpu_before = redis_cpu_seconds(&redis)?;
+
+    let payload = br#"{"name": "Bench"}"#.to_vec();
+    let requests: Vec<EnqueueRequest> = (0..jobs)
+        .map(|_| EnqueueRequest::new("hello", payload.clone()))
+        .collect();
+    let started = Instant::now();
+    for batch in requests.chunks(1000) {
+        queue.enqueue_batch(QUEUE, batch, 1 << 20).await?;
+    }
+    let enqueue_time = started.elapsed();
+
+    let config = WorkerConfig {
+        redis_url: redis.url(),
+        tenant: "default".into(),
+        queues: vec![QUEUE.into()],
+        concurrency: CONCURRENCY,
+        lease: Duration::from_secs(30),
+        grace: Duration::from_secs(5),
+        cache_dir: None,
+        worker_id: "bench".into(),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(serve(config, executor, async {
+        let _ = stopped.await;
+    }));
+    let started = Instant::now();
+    wait_until(
+        &queue,
+        JobState::Succeeded,
+        jobs as u64,
+        Duration::from_secs(600),
+    )
+    .await?;
+    let drain_time = started.elapsed();
+    let (scripts, commands) = command_counts(&redis)?;
+    let cpu = redis_cpu_seconds(&redis)? - cpu_before;
+
+    // Retry lateness.
+    let requests: Vec<EnqueueRequest> = (0..retry_jobs)
+        .map(|_| EnqueueRequest::new("flaky", "{}"))
+        .collect();
+    let ids: Vec<String> = queue
+        .enqueue_batch(QUEUE, &requests, 1 << 20)
+        .await?
+        .into_iter()
+        .map(|enqueued| enqueued.id)
+        .collect();
+    let total = (jobs + retry_jobs) as u64;
+    wait_until(&queue, JobState::Succeeded, total, Duration::from_secs(120)).await?;
+    let mut lateness = Vec::with_capacity(retry_jobs * 2);
+    for id in &ids {
+        let job = queue.job(QUEUE, id).await?.context("job exists")?;
+        for (k, pair) in job.attempts.windows(2).enumerate() {
+            let due = pair[0].ended_at_ms + INTERVALS_MS[k];
+            lateness.push(pair[1].started_at_ms as i64 - due as i64);
+        }
+    }
+    lateness.sort();
+
+    let _ = stop.send(());
+    worker.await??;
+
+    println!("queue bench: {jobs} hello jobs, 1 worker (concurrency {CONCURRENCY}), one Redis");
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| enqueue (batches of 1,000) | {:.0} jobs/s |",
+        jobs as f64 / enqueue_time.as_secs_f64()
+    );
+    println!(
+        "| drain | {:.0} jobs/s |",
+        jobs as f64 / drain_time.as_secs_f64()
+    );
+    println!(
+        "| script calls (round trips) per job, enqueue + drain | {:.2} |",
+        scripts as f64 / jobs as f64
+    );
+    println!(
+        "| Redis commands per job, incl. inside scripts | {:.1} |",
+        commands as f64 / jobs as f64
+    );
+    println!(
+        "| Redis CPU per job, enqueue + drain | {:.1} µs |",
+        cpu * 1e6 / jobs as f64
+    );
+    println!(
+        "| retry lateness, {} retries: p50 / p99 / max | {} / {} / {} ms |",
+        lateness.len(),
+        percentile(&lateness, 0.5),
+        percentile(&lateness, 0.99),
+        lateness.last().copied().unwrap_or(0),
+    );
+    Ok(())
+}
