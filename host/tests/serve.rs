@@ -425,8 +425,6 @@ fn worker_survives_redis_restart() -> anyhow::Result<()> {
 
 /// Listing a state that holds no job prints an empty list.
 #[test]
-#[ignore = "`Queue::jobs` sends an empty Redis pipeline when no id is listed, which redis-rs \
-            refuses (`empty command`), so `jobs` exits 3; return early on no ids to fix"]
 fn jobs_of_an_empty_state_is_empty() -> anyhow::Result<()> {
     let redis = TestRedis::start()?;
     let cli = Cli::new(&redis);
@@ -521,7 +519,12 @@ fn queue_commands_reject_bad_input() -> anyhow::Result<()> {
     )?;
 
     let output = cli.output(&["tasks", "--redis", "not-a-url"])?;
-    assert!(!output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        output.status.code(),
+        Some(i32::from(EXIT_USAGE)),
+        "{}",
+        stderr(&output)
+    );
     assert!(
         stderr(&output).contains("`not-a-url` is not a Redis URL"),
         "{}",

@@ -31,6 +31,7 @@ impl RedisArgs {
     /// Connects, or says why not.
     pub(crate) async fn open(&self) -> Result<Queue, CommandError> {
         check_name("tenant", &self.tenant).map_err(|msg| CommandError::Usage(anyhow!(msg)))?;
+        crate::queue::parse_url(&self.redis).map_err(CommandError::Usage)?;
         Queue::open(&self.redis, &self.tenant)
             .await
             .map_err(CommandError::Host)

@@ -95,9 +95,7 @@ impl std::fmt::Debug for Queue {
 ///
 /// When the URL does not parse or Redis does not answer.
 pub async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
-    let client = redis::Client::open(url).with_context(|| {
-        format!("`{url}` is not a Redis URL; use e.g. redis://127.0.0.1:6379 or rediss://host")
-    })?;
+    let client = parse_url(url)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -107,6 +105,17 @@ pub async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
         .get_connection_manager_with_config(config)
         .await
         .with_context(|| format!("failed to connect to Redis at {url}; is it running?"))
+}
+
+/// Checks that `url` is a Redis URL, without connecting.
+///
+/// # Errors
+///
+/// Says what a valid URL looks like.
+pub fn parse_url(url: &str) -> anyhow::Result<redis::Client> {
+    redis::Client::open(url).with_context(|| {
+        format!("`{url}` is not a Redis URL; use e.g. redis://127.0.0.1:6379 or rediss://host")
+    })
 }
 
 impl Queue {
@@ -292,6 +301,9 @@ impl Queue {
         max_payload_bytes: usize,
     ) -> anyhow::Result<Vec<Enqueued>> {
         let keys = self.queue_keys(queue)?;
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tasks: HashMap<&str, TaskVersion> = HashMap::new();
         let mut jobs = Vec::with_capacity(requests.len());
         for request in requests {
@@ -536,6 +548,9 @@ impl Queue {
     /// When Redis fails.
     pub async fn failed_ids(&self, queue: &str, limit: usize) -> anyhow::Result<Vec<String>> {
         let keys = self.queue_keys(queue)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         self.conn
             .clone()
             .zrange(keys.failed(), 0, limit as isize - 1)
@@ -611,6 +626,9 @@ impl Queue {
         limit: usize,
     ) -> anyhow::Result<Vec<JobSummary>> {
         let keys = self.queue_keys(queue)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let mut conn = self.conn.clone();
         // Scan more ids than asked when filtering by task, within a fixed bound.
         let scan = if task.is_some() {
@@ -627,6 +645,10 @@ impl Queue {
             JobState::Failed => conn.zrevrange(keys.failed(), 0, end).await,
         }
         .with_context(|| format!("failed to list {} jobs", state.as_str()))?;
+        // redis-rs refuses to send an empty pipeline.
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
 
         let mut pipe = redis::pipe();
         for id in &ids {
