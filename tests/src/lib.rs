@@ -5,12 +5,13 @@
 //! - [`guest_bytes`]: the same, read into memory.
 //! - [`all_guests`]: every guest package that was built, for the test that checks each is used.
 //! - [`TestRedis`]: a private `redis-server` on a free loopback port, killed on drop.
+//! - [`TestRedisCluster`]: a private three-master Redis Cluster on loopback.
 
 use std::path::PathBuf;
 
 mod redis;
 
-pub use redis::TestRedis;
+pub use redis::{TestRedis, TestRedisCluster};
 
 /// Where `build.rs` put the guest components.
 const GUEST_DIR: &str = env!("WASM_RUNNER_GUEST_DIR");

@@ -161,14 +161,7 @@ impl TestRedis {
     }
 
     fn ping(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut reply = [0u8; 7];
-        stream.write_all(b"PING\r\n").is_ok()
-            && stream.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
+        ping(self.port)
     }
 
     fn stop(&mut self) {
@@ -205,4 +198,184 @@ fn read_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().rev().take(20).collect();
     lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+/// A private Redis Cluster of three masters on loopback, each a [`TestRedis`]-like process in
+/// its own directory, with the slots spread across them. Killed when dropped.
+#[derive(Debug)]
+pub struct TestRedisCluster {
+    nodes: Vec<Child>,
+    ports: Vec<u16>,
+    dir: tempfile::TempDir,
+}
+
+impl TestRedisCluster {
+    /// Starts three nodes and joins them into a cluster.
+    ///
+    /// # Errors
+    ///
+    /// When `redis-server` or `redis-cli` is missing, or the cluster is not ready within ten
+    /// seconds.
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("failed to create a temporary directory")?;
+        let mut cluster = TestRedisCluster {
+            nodes: Vec::new(),
+            ports: Vec::new(),
+            dir,
+        };
+        for index in 0..3 {
+            // Each node also listens on port + 10000 for the cluster bus.
+            let port = loop {
+                let port = free_port()?;
+                if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+                    break port;
+                }
+            };
+            let node_dir = cluster.dir.path().join(format!("node{index}"));
+            std::fs::create_dir_all(&node_dir)?;
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .arg("--logfile")
+                .arg(node_dir.join("redis.log"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context(
+                    "cannot start redis-server; install it (`apt-get install redis-server`)",
+                )?;
+            cluster.nodes.push(child);
+            cluster.ports.push(port);
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        for port in &cluster.ports {
+            while !ping(*port) {
+                if Instant::now() > deadline {
+                    bail!("cluster node on port {port} did not start");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        let addresses: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .context("cannot run redis-cli; it comes with the redis-server package")?;
+        if !output.status.success() {
+            bail!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+        while !cluster.is_ready() {
+            if Instant::now() > deadline {
+                bail!("the cluster did not reach state ok within {START_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(cluster)
+    }
+
+    /// The `--redis` value for this cluster: `cluster:` and every node's URL.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|port| format!("redis://127.0.0.1:{port}"))
+            .collect();
+        format!("cluster:{}", nodes.join(","))
+    }
+
+    /// The nodes' ports.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    /// The hash slot of `key`, as the cluster computes it.
+    ///
+    /// # Errors
+    ///
+    /// When the first node does not answer.
+    pub fn keyslot(&self, key: &str) -> anyhow::Result<u16> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.ports[0]))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let request = format!(
+            "*3\r\n$7\r\nCLUSTER\r\n$7\r\nKEYSLOT\r\n${}\r\n{key}\r\n",
+            key.len()
+        );
+        stream.write_all(request.as_bytes())?;
+        let mut reply = [0u8; 32];
+        let n = stream.read(&mut reply)?;
+        let text = String::from_utf8_lossy(&reply[..n]);
+        text.trim()
+            .trim_start_matches(':')
+            .parse()
+            .context("CLUSTER KEYSLOT reply")
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ports.iter().all(|port| {
+            let redis = NodeProbe(*port);
+            redis.info_contains("cluster_state:ok")
+        })
+    }
+}
+
+impl Drop for TestRedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            for index in 0..self.nodes.len() {
+                let log = self
+                    .dir
+                    .path()
+                    .join(format!("node{index}"))
+                    .join("redis.log");
+                eprintln!("--- cluster node {index} log ---\n{}", read_tail(&log));
+            }
+        }
+    }
+}
+
+/// Asks one node for `CLUSTER INFO`.
+struct NodeProbe(u16);
+
+impl NodeProbe {
+    fn info_contains(&self, needle: &str) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.0)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        if stream.write_all(b"CLUSTER INFO\r\n").is_err() {
+            return false;
+        }
+        let mut reply = vec![0u8; 4096];
+        let n = stream.read(&mut reply).unwrap_or(0);
+        String::from_utf8_lossy(&reply[..n]).contains(needle)
+    }
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
 }

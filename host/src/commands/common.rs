@@ -13,7 +13,7 @@ use crate::scheduler::{Backoff, RetryPolicy, parse_jitter};
 /// Where Redis is and whose data to use.
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
-    /// The Redis server.
+    /// The Redis server, or `cluster:URL,URL,...` for any nodes of a Redis Cluster.
     #[arg(
         long,
         env = "WASM_RUNNER_REDIS",
@@ -31,7 +31,7 @@ impl RedisArgs {
     /// Connects, or says why not.
     pub(crate) async fn open(&self) -> Result<Queue, CommandError> {
         check_name("tenant", &self.tenant).map_err(|msg| CommandError::Usage(anyhow!(msg)))?;
-        crate::queue::parse_url(&self.redis).map_err(CommandError::Usage)?;
+        crate::queue::Target::parse(&self.redis).map_err(CommandError::Usage)?;
         Queue::open(&self.redis, &self.tenant)
             .await
             .map_err(CommandError::Host)

@@ -5,6 +5,7 @@
 //! queue's hash tag (see [`keys`]), which lets it run on Redis Cluster. The main type is
 //! [`Queue`], a handle for one tenant.
 
+pub mod conn;
 pub mod keys;
 pub mod model;
 
@@ -12,12 +13,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, FromRedisValue, Script, Value};
 use sha2::{Digest, Sha256};
 
 use crate::scheduler::RetryPolicy;
 
+pub use conn::{Conn, Target};
 pub use keys::{QueueKeys, TenantKeys, check_name};
 pub use model::{
     AttemptRecord, Completion, EnqueueRequest, Enqueued, Fetched, JobState, JobSummary, JobView,
@@ -38,11 +39,6 @@ pub const SUCCEEDED_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 pub const FAILED_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// A job fails after losing this many workers (killed, stalled or cut off mid-attempt).
 pub const MAX_WORKER_LOSSES: u32 = 3;
-
-/// How long a command may wait for Redis before it is reported as failed.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long connecting may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn script(body: &str) -> Script {
     Script::new(&format!("{}\n{body}", include_str!("lua/prelude.lua")))
@@ -75,7 +71,7 @@ impl Scripts {
 /// A connection to the queue for one tenant. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct Queue {
-    conn: ConnectionManager,
+    conn: Conn,
     tenant: String,
     tenant_keys: TenantKeys,
     scripts: std::sync::Arc<Scripts>,
@@ -89,33 +85,14 @@ impl std::fmt::Debug for Queue {
     }
 }
 
-/// Connects to Redis at `url`, failing fast with a message that says what to check.
+/// Connects to Redis at `url` (see [`Target::parse`] for the forms it takes), failing fast
+/// with a message that says what to check.
 ///
 /// # Errors
 ///
 /// When the URL does not parse or Redis does not answer.
-pub async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
-    let client = parse_url(url)?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(2));
-    client
-        .get_connection_manager_with_config(config)
-        .await
-        .with_context(|| format!("failed to connect to Redis at {url}; is it running?"))
-}
-
-/// Checks that `url` is a Redis URL, without connecting.
-///
-/// # Errors
-///
-/// Says what a valid URL looks like.
-pub fn parse_url(url: &str) -> anyhow::Result<redis::Client> {
-    redis::Client::open(url).with_context(|| {
-        format!("`{url}` is not a Redis URL; use e.g. redis://127.0.0.1:6379 or rediss://host")
-    })
+pub async fn connect(url: &str) -> anyhow::Result<Conn> {
+    Conn::connect(&Target::parse(url)?).await
 }
 
 impl Queue {
@@ -124,7 +101,7 @@ impl Queue {
     /// # Errors
     ///
     /// When the tenant name is not valid (see [`check_name`]).
-    pub fn new(conn: ConnectionManager, tenant: &str) -> anyhow::Result<Self> {
+    pub fn new(conn: Conn, tenant: &str) -> anyhow::Result<Self> {
         check_name("tenant", tenant).map_err(|msg| anyhow!(msg))?;
         Ok(Queue {
             conn,
@@ -491,7 +468,7 @@ impl Queue {
     /// When Redis fails.
     pub async fn wait_for_work(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         queue: &str,
         timeout: Duration,
     ) -> anyhow::Result<bool> {
