@@ -243,9 +243,8 @@ impl Worker {
             }
             Err(err) => {
                 // Redis trouble is worth retrying; a missing or invalid component never runs.
-                unrunnable = err.downcast_ref::<crate::runtime::LoadError>().is_some()
-                    || format!("{err}").contains("missing from Redis");
-                RunReport::host_error(format!("{err:#}"))
+                unrunnable = !matches!(err, ComponentError::Redis(_));
+                RunReport::host_error(err.to_string())
             }
         };
         lock(&self.running).remove(&job.id);
@@ -326,12 +325,14 @@ impl Worker {
     }
 
     /// The compiled component for `digest`, from memory, the disk cache, or Redis.
-    async fn component(&self, digest: &str) -> anyhow::Result<TaskComponent> {
+    async fn component(&self, digest: &str) -> Result<TaskComponent, ComponentError> {
         if let Some(component) = lock(&self.components).get(digest) {
             return Ok(component.clone());
         }
-        let Some(wasm) = self.queue.component(digest).await? else {
-            anyhow::bail!("component {digest} is missing from Redis; upload the task again");
+        let wasm = match self.queue.component(digest).await {
+            Ok(Some(wasm)) => wasm,
+            Ok(None) => return Err(ComponentError::Missing(digest.to_owned())),
+            Err(err) => return Err(ComponentError::Redis(err)),
         };
         let executor = self.executor.clone();
         let cache_dir = self.config.cache_dir.clone();
@@ -341,8 +342,8 @@ impl Worker {
             executor.load_cached(&wasm, &digest_owned, cache_dir.as_deref())
         })
         .await
-        .context("the compile thread panicked")?
-        .with_context(|| format!("component {digest} is not a valid task"))?;
+        .map_err(|err| ComponentError::Redis(anyhow::anyhow!("the compile thread failed: {err}")))?
+        .map_err(|err| ComponentError::Invalid(digest.to_owned(), err))?;
         lock(&self.components).insert(digest.to_owned(), component.clone());
         Ok(component)
     }
@@ -452,6 +453,20 @@ impl Worker {
         // Each stopped job records its release before giving its slot back.
         let _ = slots.acquire_many(all).await;
     }
+}
+
+/// Why a job's component could not be had.
+#[derive(Debug, thiserror::Error)]
+enum ComponentError {
+    /// Redis failed (or the compile thread died): worth retrying.
+    #[error("cannot load the task's component: {0:#}")]
+    Redis(anyhow::Error),
+    /// The digest is not stored: the job can never run.
+    #[error("component {0} is missing from Redis; upload the task again and requeue the job")]
+    Missing(String),
+    /// The stored bytes do not load: the job can never run.
+    #[error("component {0} is not a valid task: {1}")]
+    Invalid(String, crate::runtime::LoadError),
 }
 
 /// Abort reasons, as reported in the attempt's outcome.

@@ -465,3 +465,24 @@ async fn tenants_are_isolated() -> anyhow::Result<()> {
     assert!(globex.enqueue(QUEUE, &hello, MAX_PAYLOAD).await.is_err());
     Ok(())
 }
+
+/// A job whose component is gone from Redis fails at once, saying so, instead of retrying
+/// forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_with_a_missing_component_fails_with_the_reason() -> anyhow::Result<()> {
+    let redis = TestRedis::start()?;
+    let queue = Queue::open(&redis.url(), "default").await?;
+    upload(&queue, "hello", "example-hello", policy(3, &[50])).await;
+    let digest = queue.task("hello").await?.context("task")?.digest;
+    let id = enqueue(&queue, "hello", r#"{"name": "Gone"}"#).await;
+    redis.command(&["DEL", &format!("wr:{{default}}:component:{digest}")])?;
+
+    let worker = Worker::start(&redis, Duration::from_secs(5));
+    let job = wait_for(&queue, &id, JobState::Failed, Duration::from_secs(20)).await?;
+    let outcome = job.outcome.context("outcome")?;
+    assert_eq!(outcome["class"], "host_error");
+    let message = outcome["message"].as_str().unwrap_or_default();
+    assert!(message.contains("missing from Redis"), "{message}");
+    assert_eq!(job.attempts.len(), 1);
+    worker.stop().await
+}
