@@ -163,6 +163,8 @@ async fn main() -> anyhow::Result<()> {
         grace: Duration::from_secs(5),
         cache_dir: None,
         worker_id: "bench".into(),
+        succeeded_retention: None,
+        failed_retention: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(serve(config, executor, async {

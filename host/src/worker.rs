@@ -48,6 +48,10 @@ pub struct WorkerConfig {
     pub cache_dir: Option<PathBuf>,
     /// This worker's id, as recorded with each attempt.
     pub worker_id: String,
+    /// If set, how long the served queues keep succeeded jobs (stored with each queue).
+    pub succeeded_retention: Option<Duration>,
+    /// If set, how long the served queues keep failed jobs (stored with each queue).
+    pub failed_retention: Option<Duration>,
 }
 
 /// A job being run: how to stop it and how to renew its lease.
@@ -88,6 +92,11 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let queue = Queue::open(&config.redis_url, &config.tenant).await?;
+    for name in &config.queues {
+        queue
+            .set_retention(name, config.succeeded_retention, config.failed_retention)
+            .await?;
+    }
     tracing::info!(
         worker = %config.worker_id,
         tenant = %config.tenant,

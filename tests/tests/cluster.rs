@@ -89,6 +89,8 @@ async fn queues_on_a_cluster_drain_and_retry() -> anyhow::Result<()> {
         grace: Duration::from_secs(5),
         cache_dir: None,
         worker_id: "cluster-worker".into(),
+        succeeded_retention: None,
+        failed_retention: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(serve(config, executor, async {

@@ -41,6 +41,8 @@ impl Worker {
             grace: Duration::from_secs(5),
             cache_dir: None,
             worker_id: "test-worker".into(),
+            succeeded_retention: None,
+            failed_retention: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(serve(config, executor, async {
@@ -484,5 +486,36 @@ async fn job_with_a_missing_component_fails_with_the_reason() -> anyhow::Result<
     let message = outcome["message"].as_str().unwrap_or_default();
     assert!(message.contains("missing from Redis"), "{message}");
     assert_eq!(job.attempts.len(), 1);
+    worker.stop().await
+}
+
+/// Succeeded jobs are dropped after the queue's retention period, which stats reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn succeeded_jobs_are_dropped_after_their_retention() -> anyhow::Result<()> {
+    let redis = TestRedis::start()?;
+    let queue = Queue::open(&redis.url(), "default").await?;
+    upload(&queue, "hello", "example-hello", policy(1, &[50])).await;
+    queue
+        .set_retention(QUEUE, Some(Duration::from_millis(300)), None)
+        .await?;
+    let stats = queue.stats(QUEUE, Duration::from_secs(60)).await?;
+    assert_eq!(stats.succeeded_retention_ms, 300);
+    assert_eq!(stats.failed_retention_ms, 7 * 24 * 60 * 60 * 1000);
+
+    let worker = Worker::start(&redis, Duration::from_secs(5));
+    let id = enqueue(&queue, "hello", r#"{"name": "Brief"}"#).await;
+    wait_for(&queue, &id, JobState::Succeeded, Duration::from_secs(20)).await?;
+    // An idle worker fetches at least once a second, which applies retention.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while queue.job(QUEUE, &id).await?.is_some() {
+        assert!(Instant::now() < deadline, "job {id} outlived its retention");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = queue.stats(QUEUE, Duration::from_secs(60)).await?;
+    assert!(
+        stats.counts.iter().all(|(_, count)| *count == 0),
+        "{stats:?}"
+    );
+    assert!(stats.tasks.is_empty(), "per-task counts follow: {stats:?}");
     worker.stop().await
 }

@@ -47,6 +47,15 @@ pub struct ServeCommand {
     #[arg(long)]
     no_cache: bool,
 
+    /// How long the served queues keep succeeded jobs and their results (default 1 day).
+    /// Stored with each queue, so it holds for every worker of the queue.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    succeeded_retention: Option<Duration>,
+
+    /// How long the served queues keep failed jobs (default 7 days). Stored with each queue.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    failed_retention: Option<Duration>,
+
     /// This worker's id in attempt records and stats. Default: hostname and process id.
     #[arg(long, value_name = "ID")]
     worker_id: Option<String>,
@@ -95,6 +104,8 @@ impl ServeCommand {
                 self.cache_dir.clone().or_else(default_cache_dir)
             },
             worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
+            succeeded_retention: self.succeeded_retention,
+            failed_retention: self.failed_retention,
         };
         block_on(async move {
             serve(config, Arc::new(executor), shutdown_signal())

@@ -19,6 +19,7 @@
 //! wr:{acme/default}:workers            ZSET   worker id -> last heartbeat (ms)
 //! wr:{acme/default}:wake               LIST   a token per enqueue, to wake idle workers
 //! wr:{acme/default}:counts             HASH   `<task>|<state>` -> number of jobs
+//! wr:{acme/default}:config             HASH   queue settings (retention periods)
 //! ```
 
 /// Every key starts with this, so wasm-runner's keys are easy to find in a shared Redis.
@@ -156,6 +157,11 @@ impl QueueKeys {
     pub fn counts(&self) -> String {
         format!("{}:counts", self.tag)
     }
+
+    /// The queue's settings: `succeeded_retention_ms`, `failed_retention_ms`.
+    pub fn config(&self) -> String {
+        format!("{}:config", self.tag)
+    }
 }
 
 #[cfg(test)]
@@ -177,6 +183,7 @@ mod tests {
             keys.workers(),
             keys.wake(),
             keys.counts(),
+            keys.config(),
         ];
         for key in &all {
             assert!(key.starts_with("wr:{acme/images}:"), "{key}");

@@ -33,9 +33,9 @@ pub const DEFAULT_QUEUE: &str = "default";
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-/// How long succeeded jobs (and their results) are kept.
+/// How long succeeded jobs (and their results) are kept unless the queue says otherwise.
 pub const SUCCEEDED_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
-/// How long failed jobs are kept for inspection and requeueing.
+/// How long failed jobs are kept, unless the queue says otherwise.
 pub const FAILED_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// A job fails after losing this many workers (killed, stalled or cut off mid-attempt).
 pub const MAX_WORKER_LOSSES: u32 = 3;
@@ -459,6 +459,38 @@ impl Queue {
         Ok(written == 1)
     }
 
+    /// Sets how long `queue` keeps succeeded and failed jobs; `None` leaves a setting as it
+    /// is. The setting is stored with the queue, so every worker applies the same periods.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    pub async fn set_retention(
+        &self,
+        queue: &str,
+        succeeded: Option<Duration>,
+        failed: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        let keys = self.queue_keys(queue)?;
+        let mut fields: Vec<(&str, u64)> = Vec::new();
+        if let Some(period) = succeeded {
+            fields.push(("succeeded_retention_ms", period.as_millis() as u64));
+        }
+        if let Some(period) = failed {
+            fields.push(("failed_retention_ms", period.as_millis() as u64));
+        }
+        if fields.is_empty() {
+            return Ok(());
+        }
+        let () = self
+            .conn
+            .clone()
+            .hset_multiple(keys.config(), &fields)
+            .await
+            .with_context(|| format!("failed to set the retention of queue `{queue}`"))?;
+        Ok(())
+    }
+
     /// Waits up to `timeout` for a wake-up token on `queue` (an enqueue or a retry made a job
     /// ready) and returns whether one came. Uses `conn`, which must be a connection of its own:
     /// the wait blocks it.
@@ -679,9 +711,10 @@ impl Queue {
             u64,
             Vec<(String, u64)>,
             Vec<(String, i64)>,
+            (Option<u64>, Option<u64>),
             (u64, u64),
         );
-        let (queued, scheduled, running, succeeded, failed, workers, per_task, time): Counts =
+        let (queued, scheduled, running, succeeded, failed, workers, per_task, retention, time): Counts =
             redis::pipe()
                 .llen(keys.ready())
                 .zcard(keys.scheduled())
@@ -690,6 +723,10 @@ impl Queue {
                 .zcard(keys.failed())
                 .zrange_withscores(keys.workers(), 0, -1)
                 .hgetall(keys.counts())
+                .cmd("HMGET")
+                .arg(keys.config())
+                .arg("succeeded_retention_ms")
+                .arg("failed_retention_ms")
                 .cmd("TIME")
                 .query_async(&mut conn)
                 .await
@@ -711,8 +748,10 @@ impl Queue {
                 .filter(|(_, ago)| *ago <= alive_ms)
                 .collect(),
             tasks: task_counts(per_task),
-            succeeded_retention_ms: SUCCEEDED_RETENTION.as_millis() as u64,
-            failed_retention_ms: FAILED_RETENTION.as_millis() as u64,
+            succeeded_retention_ms: retention
+                .0
+                .unwrap_or(SUCCEEDED_RETENTION.as_millis() as u64),
+            failed_retention_ms: retention.1.unwrap_or(FAILED_RETENTION.as_millis() as u64),
         })
     }
 }

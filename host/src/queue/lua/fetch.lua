@@ -4,7 +4,8 @@
 -- KEYS: 1 ready, 2 scheduled, 3 running, 4 failed, 5 succeeded, 6 workers
 -- ARGV: 1 key prefix of this queue (job keys are built from it; same hash tag), 2 worker id,
 --       3 lease ms, 4 most jobs to lease, 5 worker losses after which a job fails,
---       6 succeeded retention ms, 7 failed retention ms
+--       6 default succeeded retention ms, 7 default failed retention ms (the queue's config
+--       hash overrides both)
 -- Returns {jobs, ms until the next scheduled job is due (-1 if none), server time ms}; each job
 -- is {id, token, attempt, losses, task, digest, payload, policy, timeout_ms, memory_bytes}.
 local prefix = ARGV[1]
@@ -51,7 +52,11 @@ for i = #due, 1, -1 do
 end
 
 -- Retention is by age only; nothing is dropped because of a count.
-for _, pair in ipairs({{KEYS[5], ARGV[6], 'succeeded'}, {KEYS[4], ARGV[7], 'failed'}}) do
+local retention = redis.call('HMGET', prefix .. 'config', 'succeeded_retention_ms',
+  'failed_retention_ms')
+local succeeded_ms = tonumber(retention[1]) or tonumber(ARGV[6])
+local failed_ms = tonumber(retention[2]) or tonumber(ARGV[7])
+for _, pair in ipairs({{KEYS[5], succeeded_ms, 'succeeded'}, {KEYS[4], failed_ms, 'failed'}}) do
   local old = redis.call('ZRANGEBYSCORE', pair[1], '-inf', now - tonumber(pair[2]),
     'LIMIT', 0, 100)
   for _, id in ipairs(old) do
