@@ -25,9 +25,13 @@ struct Worker {
 
 impl Worker {
     fn start(redis: &TestRedis, lease: Duration) -> Worker {
+        Worker::start_with(redis, lease, 4)
+    }
+
+    fn start_with(redis: &TestRedis, lease: Duration, concurrency: usize) -> Worker {
         let executor = Arc::new(
             Executor::new(EngineOptions {
-                max_concurrent: 4,
+                max_concurrent: concurrency as u32,
                 ..EngineOptions::default()
             })
             .expect("executor starts"),
@@ -36,7 +40,7 @@ impl Worker {
             redis_url: redis.url(),
             tenant: "default".into(),
             queues: vec![QUEUE.into()],
-            concurrency: 4,
+            concurrency,
             lease,
             grace: Duration::from_secs(5),
             cache_dir: None,
@@ -518,4 +522,52 @@ async fn succeeded_jobs_are_dropped_after_their_retention() -> anyhow::Result<()
     );
     assert!(stats.tasks.is_empty(), "per-task counts follow: {stats:?}");
     worker.stop().await
+}
+
+/// A worker that finds its lease gone stops the guest at once and records nothing: its only
+/// slot frees up, so it can take the job again as soon as the lost lease is recovered, long
+/// before the guest would have finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_stops_a_guest_whose_lease_is_lost() -> anyhow::Result<()> {
+    let redis = TestRedis::start()?;
+    let queue = Queue::open(&redis.url(), "default").await?;
+    upload(&queue, "slow", "example-slow", policy(3, &[50])).await;
+    let worker = Worker::start_with(&redis, Duration::from_millis(900), 1);
+    let id = enqueue(&queue, "slow", r#"{"ms": 20000}"#).await;
+    let running = wait_for(&queue, &id, JobState::Running, Duration::from_secs(20)).await?;
+
+    // Another party takes the lease over: the token no longer matches the worker's.
+    redis.command(&[
+        "HINCRBY",
+        &format!("wr:{{default/{QUEUE}}}:job:{id}"),
+        "token",
+        "1",
+    ])?;
+
+    // Had the guest kept running, the worker's only slot would stay busy for 20 s and the
+    // recovered job would wait in the ready list. Stopped, the job is leased again at once.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let job = queue.job(QUEUE, &id).await?.context("job")?;
+        if job.state == JobState::Running && job.losses == 1 {
+            assert!(
+                job.started_at_ms > running.started_at_ms,
+                "a new lease: {job:?}"
+            );
+            let classes: Vec<&str> = job.attempts.iter().map(class).collect();
+            assert_eq!(
+                classes,
+                ["worker_lost"],
+                "the stopped attempt recorded nothing"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job was not taken again: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(worker);
+    Ok(())
 }
