@@ -155,16 +155,9 @@ async fn main() -> anyhow::Result<()> {
     let enqueue_time = started.elapsed();
 
     let config = WorkerConfig {
-        redis_url: redis.url(),
-        tenant: "default".into(),
-        queues: vec![QUEUE.into()],
         concurrency: CONCURRENCY,
-        lease: Duration::from_secs(30),
-        grace: Duration::from_secs(5),
-        cache_dir: None,
         worker_id: "bench".into(),
-        succeeded_retention: None,
-        failed_retention: None,
+        ..WorkerConfig::new(redis.url())
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(serve(config, executor, async {

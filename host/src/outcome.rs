@@ -12,7 +12,7 @@
 //! | `memory_limit` | fail | the same input will need the same memory again |
 //! | `fuel_exhausted` | fail | fuel is deterministic: the same input burns the same fuel |
 //! | `trap` | fail | a panic, `unreachable` or stack overflow is a bug in the task |
-//! | `host_error` | uncharged | the host's fault: retry without spending one of the job's attempts |
+//! | `host_error` | uncharged | the host's fault: retry without spending an attempt |
 //! | `aborted` | uncharged | the host stopped the attempt (shutdown, lost lease), not the task |
 //!
 //! Per-task overrides of these defaults belong to the retry policy, not here.

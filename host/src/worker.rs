@@ -54,6 +54,29 @@ pub struct WorkerConfig {
     pub failed_retention: Option<Duration>,
 }
 
+impl WorkerConfig {
+    /// A worker for `redis_url` with the defaults of `wasm-runner serve`: tenant and queue
+    /// `default`, concurrency 8, lease 30 s, grace 30 s, no compile cache, the queues' own
+    /// retention, and an id from the host name and process id.
+    pub fn new(redis_url: impl Into<String>) -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .unwrap_or_else(|_| "worker".to_owned());
+        WorkerConfig {
+            redis_url: redis_url.into(),
+            tenant: crate::queue::DEFAULT_TENANT.to_owned(),
+            queues: vec![crate::queue::DEFAULT_QUEUE.to_owned()],
+            concurrency: 8,
+            lease: Duration::from_secs(30),
+            grace: Duration::from_secs(30),
+            cache_dir: None,
+            worker_id: format!("{host}-{}", std::process::id()),
+            succeeded_retention: None,
+            failed_retention: None,
+        }
+    }
+}
+
 /// A job being run: how to stop it and how to renew its lease.
 #[derive(Debug)]
 struct Running {

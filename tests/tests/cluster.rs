@@ -81,16 +81,11 @@ async fn queues_on_a_cluster_drain_and_retry() -> anyhow::Result<()> {
         ..EngineOptions::default()
     })?);
     let config = WorkerConfig {
-        redis_url: cluster.url(),
-        tenant: "default".into(),
         queues: queues.clone(),
         concurrency: 4,
         lease: Duration::from_secs(5),
-        grace: Duration::from_secs(5),
-        cache_dir: None,
         worker_id: "cluster-worker".into(),
-        succeeded_retention: None,
-        failed_retention: None,
+        ..WorkerConfig::new(cluster.url())
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(serve(config, executor, async {

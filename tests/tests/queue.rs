@@ -37,16 +37,11 @@ impl Worker {
             .expect("executor starts"),
         );
         let config = WorkerConfig {
-            redis_url: redis.url(),
-            tenant: "default".into(),
-            queues: vec![QUEUE.into()],
             concurrency,
             lease,
             grace: Duration::from_secs(5),
-            cache_dir: None,
             worker_id: "test-worker".into(),
-            succeeded_retention: None,
-            failed_retention: None,
+            ..WorkerConfig::new(redis.url())
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(serve(config, executor, async {

@@ -91,8 +91,8 @@ impl ServeCommand {
             ..EngineOptions::default()
         })
         .map_err(CommandError::Host)?;
+        let defaults = WorkerConfig::new(self.redis.redis.clone());
         let config = WorkerConfig {
-            redis_url: self.redis.redis.clone(),
             tenant: self.redis.tenant.clone(),
             queues: self.queues.clone(),
             concurrency: self.concurrency,
@@ -103,9 +103,10 @@ impl ServeCommand {
             } else {
                 self.cache_dir.clone().or_else(default_cache_dir)
             },
-            worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
+            worker_id: self.worker_id.clone().unwrap_or(defaults.worker_id.clone()),
             succeeded_retention: self.succeeded_retention,
             failed_retention: self.failed_retention,
+            ..defaults
         };
         block_on(async move {
             serve(config, Arc::new(executor), shutdown_signal())
@@ -137,11 +138,4 @@ fn default_cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
     Some(base.join("wasm-runner"))
-}
-
-fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_owned())
-        .unwrap_or_else(|_| "worker".to_owned());
-    format!("{host}-{}", std::process::id())
 }

@@ -714,23 +714,24 @@ impl Queue {
             (Option<u64>, Option<u64>),
             (u64, u64),
         );
-        let (queued, scheduled, running, succeeded, failed, workers, per_task, retention, time): Counts =
-            redis::pipe()
-                .llen(keys.ready())
-                .zcard(keys.scheduled())
-                .zcard(keys.running())
-                .zcard(keys.succeeded())
-                .zcard(keys.failed())
-                .zrange_withscores(keys.workers(), 0, -1)
-                .hgetall(keys.counts())
-                .cmd("HMGET")
-                .arg(keys.config())
-                .arg("succeeded_retention_ms")
-                .arg("failed_retention_ms")
-                .cmd("TIME")
-                .query_async(&mut conn)
-                .await
-                .with_context(|| format!("failed to read stats of queue `{queue}`"))?;
+        let counts: Counts = redis::pipe()
+            .llen(keys.ready())
+            .zcard(keys.scheduled())
+            .zcard(keys.running())
+            .zcard(keys.succeeded())
+            .zcard(keys.failed())
+            .zrange_withscores(keys.workers(), 0, -1)
+            .hgetall(keys.counts())
+            .cmd("HMGET")
+            .arg(keys.config())
+            .arg("succeeded_retention_ms")
+            .arg("failed_retention_ms")
+            .cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .with_context(|| format!("failed to read stats of queue `{queue}`"))?;
+        let (queued, scheduled, running, succeeded, failed, workers, per_task, retention, time) =
+            counts;
         let now_ms = time.0 * 1000 + time.1 / 1000;
         let alive_ms = alive_within.as_millis() as u64;
         Ok(QueueStats {
