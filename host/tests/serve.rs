@@ -281,6 +281,67 @@ fn killed_worker_jobs_are_finished_by_another() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A worker that stalls past its lease (SIGSTOP, as in a long GC pause or a frozen VM) loses
+/// its job to another worker, which finishes it. When the stalled worker resumes, its late
+/// result is refused and changes nothing, and it still shuts down cleanly.
+#[test]
+fn stalled_worker_is_fenced_and_its_jobs_finished_by_another() -> anyhow::Result<()> {
+    let redis = TestRedis::start()?;
+    let cli = Cli::new(&redis);
+    cli.upload("slow", "example-slow")?;
+    let flags = ["--concurrency", "1", "--lease", "1s"];
+    let mut stalled = Worker::start(&cli, "stalled", &flags)?;
+    let id = cli.enqueue("slow", r#"{"ms": 1500}"#)?;
+    // `job --json` does not name the worker; `stalled` is the only one serving so far.
+    wait_for("the job to run", Duration::from_secs(20), || {
+        Ok((cli.job(&id)?["state"] == "running").then_some(()))
+    })?;
+
+    stalled.signal("-STOP")?;
+    let job = cli.job(&id)?;
+    assert_eq!(job["state"], "running", "finished before the stop: {job:#}");
+    let mut other = Worker::start(&cli, "other", &flags)?;
+    let job = wait_for("the job to succeed", Duration::from_secs(20), || {
+        let job = cli.job(&id)?;
+        Ok((job["state"] == "succeeded").then_some(job))
+    })?;
+    assert_eq!(job["losses"], 1, "{job:#}");
+    assert_eq!(
+        job["attempt"], 1,
+        "the lost attempt is not charged: {job:#}"
+    );
+    let records = attempts(&job);
+    assert_eq!(records.len(), 2, "{job:#}");
+    let (lost, ok) = (&records[0], &records[1]);
+    assert_eq!(lost["worker"], "stalled", "{job:#}");
+    assert_eq!(lost["outcome"]["class"], "worker_lost", "{job:#}");
+    assert_eq!(ok["worker"], "other", "{job:#}");
+    assert_eq!(ok["outcome"]["class"], "ok", "{job:#}");
+    let lost_at = lost["ended_at_ms"].as_u64().context("no end time")?;
+    let taken_at = ok["started_at_ms"].as_u64().context("no start time")?;
+    assert!(
+        taken_at >= lost_at,
+        "taken over before the lease ran out: {job:#}"
+    );
+
+    // On waking, the stalled worker either learns from a renewal that the lease is gone and
+    // abandons the attempt, or finishes the guest first and has its outcome refused. Both log
+    // "lease lost", and neither may write anything.
+    stalled.signal("-CONT")?;
+    wait_for(
+        "the resumed worker to notice its lease is gone",
+        Duration::from_secs(10),
+        || Ok(stalled.log().contains("lease lost").then_some(())),
+    )?;
+    for worker in [&mut stalled, &mut other] {
+        worker.signal("-TERM")?;
+        let status = worker.wait_exit(Duration::from_secs(10))?;
+        assert_eq!(status.code(), Some(0), "worker {}: {status}", worker.id);
+    }
+    assert_eq!(cli.job(&id)?, job, "the late result changed the job");
+    Ok(())
+}
+
 /// Two workers sharing a queue of 200 jobs run each one and record exactly one success for it.
 #[test]
 fn two_workers_record_each_outcome_once() -> anyhow::Result<()> {
