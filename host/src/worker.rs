@@ -310,6 +310,7 @@ impl Worker {
             worker: self.config.worker_id.clone(),
             started_at_ms: 0,
             ended_at_ms: 0,
+            run_ms: report.elapsed.as_millis() as u64,
             outcome: outcome.clone(),
             decision: describe_completion(completion),
             log_tail: log_tail(report),

@@ -147,6 +147,11 @@ async fn flaky_job_succeeds_on_its_third_attempt() -> anyhow::Result<()> {
     assert_eq!(job.attempt, 3);
     let classes: Vec<&str> = job.attempts.iter().map(class).collect();
     assert_eq!(classes, ["transient", "transient", "ok"]);
+    for record in &job.attempts {
+        // The task's own run time fits inside the attempt's span on the Redis clock.
+        let span = record.ended_at_ms - record.started_at_ms;
+        assert!(record.run_ms <= span + 1, "{record:?}");
+    }
     let first = gap_ms(&job.attempts[0], &job.attempts[1]);
     let second = gap_ms(&job.attempts[1], &job.attempts[2]);
     // Lateness is measured on the Redis clock; allow for a loaded machine.
@@ -325,6 +330,7 @@ async fn stale_worker_cannot_record_an_outcome() -> anyhow::Result<()> {
         worker: worker.into(),
         started_at_ms: 0,
         ended_at_ms: 0,
+        run_ms: 0,
         outcome: serde_json::to_value(Outcome::Ok).unwrap(),
         decision: "succeeded".into(),
         log_tail: String::new(),

@@ -69,12 +69,12 @@ impl JobCommand {
             println!("last outcome: {}", describe_outcome(outcome));
         }
         for record in &job.attempts {
-            let took = record.ended_at_ms.saturating_sub(record.started_at_ms);
             println!(
-                "  attempt {} on {} at {} ({took} ms): {} -> {}",
+                "  attempt {} on {} at {} (ran {} ms): {} -> {}",
                 record.attempt,
                 record.worker,
                 format_time_ms(record.started_at_ms),
+                record.run_ms,
                 describe_outcome(&record.outcome),
                 if record.decision.is_empty() {
                     "-"

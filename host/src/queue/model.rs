@@ -205,6 +205,10 @@ pub struct AttemptRecord {
     /// When it ended.
     #[serde(default)]
     pub ended_at_ms: u64,
+    /// How long the task itself ran (instantiate and call), in ms. The span from start to end
+    /// also includes fetching and, on a worker's first job of a task, compiling it.
+    #[serde(default)]
+    pub run_ms: u64,
     /// How it ended: an [`Outcome`], or `{"class": "worker_lost", ...}` / `released`.
     pub outcome: serde_json::Value,
     /// What the scheduler decided, e.g. `retry in 2s`.
