@@ -105,21 +105,39 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Runs a worker until `shutdown` resolves, then lets running jobs finish within the grace
 /// period, releases the rest back to their queues uncharged, and returns.
 ///
+/// A Redis that is down at start, or goes away later, is waited for: the worker logs the
+/// error and tries again with backoff capped at 5 s, so a supervisor never sees it crash-loop.
+///
 /// # Errors
 ///
-/// Only when the worker cannot start (Redis unreachable at start). Once running, Redis errors
-/// are logged and retried with capped backoff, never returned, and never charged to a job.
+/// Only for a configuration that can never work: a Redis URL or tenant name that does not
+/// parse. Redis errors are never returned and never charged to a job.
 pub async fn serve(
     config: WorkerConfig,
     executor: Arc<Executor>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let queue = Queue::open(&config.redis_url, &config.tenant).await?;
-    for name in &config.queues {
-        queue
-            .set_retention(name, config.succeeded_retention, config.failed_retention)
-            .await?;
-    }
+    crate::queue::Target::parse(&config.redis_url)?;
+    crate::queue::check_name("tenant", &config.tenant).map_err(anyhow::Error::msg)?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut backoff = MIN_BACKOFF;
+    let queue = loop {
+        match connect_queue(&config).await {
+            Ok(queue) => break queue,
+            Err(err) => {
+                tracing::error!(
+                    error = %format!("{err:#}"),
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "cannot reach Redis; waiting for it"
+                );
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = &mut shutdown => return Ok(()),
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    };
     tracing::info!(
         worker = %config.worker_id,
         tenant = %config.tenant,
@@ -143,7 +161,6 @@ pub async fn serve(
         background.spawn(worker.clone().listen_for_wakeups(queue, slots.clone()));
     }
 
-    let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = MIN_BACKOFF;
     loop {
         // Wait for a free slot before fetching, so a fetched job never waits for this worker.
@@ -190,6 +207,17 @@ pub async fn serve(
     background.abort_all();
     tracing::info!(worker = %worker.config.worker_id, "shutdown finished");
     Ok(())
+}
+
+/// Connects and applies the queues' settings.
+async fn connect_queue(config: &WorkerConfig) -> anyhow::Result<Queue> {
+    let queue = Queue::open(&config.redis_url, &config.tenant).await?;
+    for name in &config.queues {
+        queue
+            .set_retention(name, config.succeeded_retention, config.failed_retention)
+            .await?;
+    }
+    Ok(queue)
 }
 
 impl Worker {

@@ -484,6 +484,30 @@ fn worker_survives_redis_restart() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A worker started while Redis is down waits for it instead of exiting, then serves jobs.
+#[test]
+fn worker_started_before_redis_waits_for_it() -> anyhow::Result<()> {
+    let mut redis = TestRedis::start_with_aof()?;
+    let cli = Cli::new(&redis);
+    cli.upload("hello", "example-hello")?;
+    redis.kill();
+
+    let mut worker = Worker::start(&cli, "early", &["--lease", "1s"])?;
+    wait_for(
+        "the worker to report Redis down",
+        Duration::from_secs(15),
+        || Ok(worker.log().contains("cannot reach Redis").then_some(())),
+    )?;
+    assert!(worker.is_alive()?, "the worker exited instead of waiting");
+
+    redis.restart()?;
+    cli.enqueue("hello", r#"{"name": "late"}"#)?;
+    wait_for("the job to succeed", Duration::from_secs(30), || {
+        Ok((cli.count("succeeded")? == 1).then_some(()))
+    })?;
+    Ok(())
+}
+
 /// Listing a state that holds no job prints an empty list.
 #[test]
 fn jobs_of_an_empty_state_is_empty() -> anyhow::Result<()> {

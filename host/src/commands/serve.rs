@@ -69,7 +69,7 @@ impl ServeCommand {
     ///
     /// # Errors
     ///
-    /// A usage error for bad flags; a host error when Redis is unreachable at start.
+    /// A usage error for bad flags. A Redis that is unreachable at start is waited for.
     pub fn execute(self) -> Result<ExitCode, CommandError> {
         let usage = |msg: String| CommandError::Usage(anyhow!(msg));
         if !(1..=1024).contains(&self.concurrency) {
