@@ -27,6 +27,19 @@ impl Cli {
         Cli { url: redis.url() }
     }
 
+    /// Fails when the default queue is inconsistent (see `Queue::check_invariants`).
+    fn assert_consistent(&self) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let problems = runtime.block_on(async {
+            let queue = wasm_runner::queue::Queue::open(&self.url, "default").await?;
+            queue.check_invariants("default").await
+        })?;
+        ensure!(problems.is_empty(), "queue inconsistent: {problems:#?}");
+        Ok(())
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(BIN);
         command
@@ -278,6 +291,7 @@ fn killed_worker_jobs_are_finished_by_another() -> anyhow::Result<()> {
         eprintln!("note: the killed worker finished its jobs before the kill");
     }
     eprintln!("{lost} job(s) taken over from the killed worker");
+    cli.assert_consistent()?;
     Ok(())
 }
 
@@ -339,6 +353,7 @@ fn stalled_worker_is_fenced_and_its_jobs_finished_by_another() -> anyhow::Result
         assert_eq!(status.code(), Some(0), "worker {}: {status}", worker.id);
     }
     assert_eq!(cli.job(&id)?, job, "the late result changed the job");
+    cli.assert_consistent()?;
     Ok(())
 }
 
@@ -377,6 +392,7 @@ fn two_workers_record_each_outcome_once() -> anyhow::Result<()> {
         *by_worker.entry(worker.to_owned()).or_default() += 1;
     }
     eprintln!("jobs per worker: {by_worker:?}");
+    cli.assert_consistent()?;
     Ok(())
 }
 
@@ -444,6 +460,7 @@ fn sigterm_past_the_grace_releases_the_job_uncharged() -> anyhow::Result<()> {
     assert_eq!(last["attempt"], 1, "{job:#}");
     assert_eq!(last["worker"], "second", "{job:#}");
     assert_eq!(last["outcome"]["class"], "ok", "{job:#}");
+    cli.assert_consistent()?;
     Ok(())
 }
 
@@ -481,6 +498,7 @@ fn worker_survives_redis_restart() -> anyhow::Result<()> {
     for state in ["queued", "scheduled", "running", "failed"] {
         assert_eq!(counts[state], 0, "{state}: {counts:?}");
     }
+    cli.assert_consistent()?;
     Ok(())
 }
 

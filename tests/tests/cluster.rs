@@ -116,5 +116,13 @@ async fn queues_on_a_cluster_drain_and_retry() -> anyhow::Result<()> {
     assert!(failed.is_empty());
 
     let _ = stop.send(());
-    worker.await.context("worker panicked")?
+    worker.await.context("worker panicked")??;
+    for name in &queues {
+        let problems = queue.check_invariants(name).await?;
+        assert!(
+            problems.is_empty(),
+            "queue {name} inconsistent: {problems:#?}"
+        );
+    }
+    Ok(())
 }

@@ -124,6 +124,13 @@ async fn wait_for(
     }
 }
 
+/// Fails the test if the queue is inconsistent (see `Queue::check_invariants`).
+async fn assert_consistent(queue: &Queue) -> anyhow::Result<()> {
+    let problems = queue.check_invariants(QUEUE).await?;
+    assert!(problems.is_empty(), "queue inconsistent: {problems:#?}");
+    Ok(())
+}
+
 fn class(record: &AttemptRecord) -> &str {
     record.outcome["class"].as_str().unwrap_or("")
 }
@@ -163,7 +170,8 @@ async fn flaky_job_succeeds_on_its_third_attempt() -> anyhow::Result<()> {
             .unwrap_or("")
             .contains("\"succeeded_on_attempt\":3")
     );
-    worker.stop().await
+    worker.stop().await?;
+    assert_consistent(&queue).await
 }
 
 /// A permanent error runs once and lands in the failed set with its message and code.
@@ -184,7 +192,8 @@ async fn permanent_error_runs_once_and_fails() -> anyhow::Result<()> {
     let failed = queue.jobs(QUEUE, JobState::Failed, None, 10).await?;
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].id, id);
-    worker.stop().await
+    worker.stop().await?;
+    assert_consistent(&queue).await
 }
 
 /// Transient errors that outlast the attempts fail the job after exactly max attempts, with
@@ -211,7 +220,8 @@ async fn exhausted_retries_fail_after_max_attempts_and_can_be_requeued() -> anyh
     let job = wait_for(&queue, &id, JobState::Failed, Duration::from_secs(20)).await?;
     assert_eq!(job.attempts.len(), 4, "history is kept across a requeue");
     assert!(!queue.requeue(QUEUE, "no-such-job", false).await?);
-    worker.stop().await
+    worker.stop().await?;
+    assert_consistent(&queue).await
 }
 
 /// The task's retry-after hint lengthens the policy's delay, and the hint ceiling clamps it.
@@ -247,7 +257,8 @@ async fn retry_after_hint_is_honoured_and_clamped() -> anyhow::Result<()> {
     assert!((600..900).contains(&gap), "hinted gap {gap} ms");
     let gap = gap_ms(&capped.attempts[0], &capped.attempts[1]);
     assert!((300..600).contains(&gap), "clamped gap {gap} ms");
-    worker.stop().await
+    worker.stop().await?;
+    assert_consistent(&queue).await
 }
 
 /// A delayed job does not start before its due time.
@@ -273,7 +284,8 @@ async fn delayed_job_waits_for_its_due_time() -> anyhow::Result<()> {
         (500..800).contains(&waited),
         "started {waited} ms after enqueue"
     );
-    worker.stop().await
+    worker.stop().await?;
+    assert_consistent(&queue).await
 }
 
 /// The same idempotency key returns the first job instead of adding another.
@@ -296,6 +308,7 @@ async fn idempotency_key_returns_the_first_job() -> anyhow::Result<()> {
         queue.jobs(QUEUE, JobState::Queued, None, 10).await?.len(),
         1
     );
+    assert_consistent(&queue).await?;
     Ok(())
 }
 
@@ -363,6 +376,7 @@ async fn stale_worker_cannot_record_an_outcome() -> anyhow::Result<()> {
     assert_eq!(job.result.as_deref(), Some("fresh"));
     let classes: Vec<&str> = job.attempts.iter().map(class).collect();
     assert_eq!(classes, ["worker_lost", "ok"]);
+    assert_consistent(&queue).await?;
     Ok(())
 }
 
@@ -392,6 +406,7 @@ async fn job_that_keeps_losing_its_worker_fails() -> anyhow::Result<()> {
     assert_eq!(job.state, JobState::Failed);
     assert_eq!(job.losses, wasm_runner::queue::MAX_WORKER_LOSSES);
     assert_eq!(job.attempt, 0, "losses are not charged as attempts");
+    assert_consistent(&queue).await?;
     Ok(())
 }
 
@@ -423,6 +438,7 @@ async fn batch_enqueue_is_all_or_nothing_when_checked() -> anyhow::Result<()> {
         queue.jobs(QUEUE, JobState::Queued, None, 5000).await?.len(),
         1200
     );
+    assert_consistent(&queue).await?;
     Ok(())
 }
 
@@ -491,7 +507,8 @@ async fn job_with_a_missing_component_fails_with_the_reason() -> anyhow::Result<
     let message = outcome["message"].as_str().unwrap_or_default();
     assert!(message.contains("missing from Redis"), "{message}");
     assert_eq!(job.attempts.len(), 1);
-    worker.stop().await
+    worker.stop().await?;
+    assert_consistent(&queue).await
 }
 
 /// Succeeded jobs are dropped after the queue's retention period, which stats reports.
@@ -522,7 +539,8 @@ async fn succeeded_jobs_are_dropped_after_their_retention() -> anyhow::Result<()
         "{stats:?}"
     );
     assert!(stats.tasks.is_empty(), "per-task counts follow: {stats:?}");
-    worker.stop().await
+    worker.stop().await?;
+    assert_consistent(&queue).await
 }
 
 /// A worker that finds its lease gone stops the guest at once and records nothing: its only
@@ -570,5 +588,42 @@ async fn worker_stops_a_guest_whose_lease_is_lost() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(worker);
+    Ok(())
+}
+
+/// The consistency check finds each kind of damage: an id with no hash, a hash in no
+/// structure, a state that disagrees with its structure, and counts that disagree.
+#[tokio::test]
+async fn consistency_check_finds_damage() -> anyhow::Result<()> {
+    let redis = TestRedis::start()?;
+    let queue = Queue::open(&redis.url(), "default").await?;
+    upload(&queue, "hello", "example-hello", policy(1, &[50])).await;
+    let kept = enqueue(&queue, "hello", "{}").await;
+    let orphan = enqueue(&queue, "hello", "{}").await;
+    assert_consistent(&queue).await?;
+
+    let tag = format!("wr:{{default/{QUEUE}}}");
+    redis.command(&["RPUSH", &format!("{tag}:ready"), "ghost"])?;
+    redis.command(&["LREM", &format!("{tag}:ready"), "0", &orphan])?;
+    redis.command(&["HSET", &format!("{tag}:job:{kept}"), "state", "failed"])?;
+    redis.command(&["HINCRBY", &format!("{tag}:counts"), "hello|running", "1"])?;
+
+    let problems = queue.check_invariants(QUEUE).await?.join("\n");
+    assert!(
+        problems.contains("job ghost is listed in [Queued] but has no hash"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains(&format!("job {orphan} is queued but in no")),
+        "{problems}"
+    );
+    assert!(
+        problems.contains(&format!("job {kept} is failed but listed")),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("has 1 running jobs but it has none"),
+        "{problems}"
+    );
     Ok(())
 }

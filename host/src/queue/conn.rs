@@ -9,6 +9,7 @@ use anyhow::{Context as _, bail};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 /// How long a command may wait for Redis before it is reported as failed.
@@ -128,6 +129,28 @@ impl Conn {
     /// Whether this is a cluster connection.
     pub fn is_cluster(&self) -> bool {
         matches!(self, Conn::Cluster(_))
+    }
+
+    /// Runs a keyless command (such as `SCAN`) on the node that owns `key`'s slot; on a single
+    /// server, just runs it.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    pub async fn query_on_node_of<T: redis::FromRedisValue>(
+        &mut self,
+        key: &str,
+        cmd: Cmd,
+    ) -> anyhow::Result<T> {
+        let value = match self {
+            Conn::Single(conn) => cmd.query_async::<Value>(conn).await?,
+            Conn::Cluster(conn) => {
+                let route = Route::with_key(key, SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                conn.route_command(cmd, routing).await?
+            }
+        };
+        T::from_redis_value(value).map_err(|err| anyhow::anyhow!("unexpected reply: {err}"))
     }
 }
 

@@ -6,6 +6,7 @@
 //! [`Queue`], a handle for one tenant.
 
 pub mod conn;
+mod invariants;
 pub mod keys;
 pub mod model;
 

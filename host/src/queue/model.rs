@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::outcome::Outcome;
 use crate::scheduler::RetryPolicy;
 
-/// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a job is in its life. Ordered as in the lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Waiting in the ready list.
