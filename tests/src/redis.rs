@@ -297,11 +297,6 @@ impl TestRedisCluster {
         format!("cluster:{}", nodes.join(","))
     }
 
-    /// The nodes' ports.
-    pub fn ports(&self) -> &[u16] {
-        &self.ports
-    }
-
     /// The hash slot of `key`, as the cluster computes it.
     ///
     /// # Errors

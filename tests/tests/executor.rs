@@ -465,3 +465,26 @@ fn limits_beyond_the_executor_are_refused() {
     };
     assert!(executor.check_limits(&fuel).unwrap_err().contains("fuel"));
 }
+
+/// Every guest that build.rs builds is used by some test, so none rots unnoticed.
+#[test]
+fn every_guest_is_used_by_a_test() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let mut sources = String::new();
+    for dir in ["tests/tests", "host/tests", "host/benches"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            sources.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+        }
+    }
+    let guests = wasm_runner_tests::all_guests();
+    assert!(guests.len() >= 15, "guests found: {guests:?}");
+    for guest in guests {
+        assert!(
+            sources.contains(&format!("\"{guest}\"")),
+            "no test uses guest `{guest}`"
+        );
+    }
+}

@@ -126,11 +126,6 @@ impl Conn {
         }
     }
 
-    /// Whether this is a cluster connection.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self, Conn::Cluster(_))
-    }
-
     /// Runs a keyless command (such as `SCAN`) on the node that owns `key`'s slot; on a single
     /// server, just runs it.
     ///

@@ -551,23 +551,6 @@ impl Queue {
         Ok(done == 1)
     }
 
-    /// The ids in the failed set of `queue`, oldest first, at most `limit`.
-    ///
-    /// # Errors
-    ///
-    /// When Redis fails.
-    pub async fn failed_ids(&self, queue: &str, limit: usize) -> anyhow::Result<Vec<String>> {
-        let keys = self.queue_keys(queue)?;
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        self.conn
-            .clone()
-            .zrange(keys.failed(), 0, limit as isize - 1)
-            .await
-            .context("failed to list failed jobs")
-    }
-
     /// Job `id` of `queue` with its attempts, if it exists.
     ///
     /// # Errors
