@@ -81,7 +81,7 @@ async fn queues_on_a_cluster_drain_and_retry() -> anyhow::Result<()> {
         ..EngineOptions::default()
     })?);
     let config = WorkerConfig {
-        queues: queues.clone(),
+        queues: Some(queues.clone()),
         concurrency: 4,
         lease: Duration::from_secs(5),
         worker_id: "cluster-worker".into(),

@@ -7,7 +7,7 @@ use anyhow::{Context as _, anyhow};
 use clap::Args;
 
 use super::CommandError;
-use crate::queue::{DEFAULT_QUEUE, DEFAULT_TENANT, Queue, check_name};
+use crate::queue::{Conn, DEFAULT_QUEUE, DEFAULT_TENANT, Queue, Refusal, Registry, check_name};
 use crate::scheduler::{Backoff, RetryPolicy, parse_jitter};
 
 /// Where Redis is and whose data to use.
@@ -28,13 +28,33 @@ pub struct RedisArgs {
 }
 
 impl RedisArgs {
-    /// Connects, or says why not.
+    /// Connects and returns a handle for the tenant under its quotas, or says why not: a
+    /// tenant other than `default` must have been created with `wasm-runner tenant create`.
     pub(crate) async fn open(&self) -> Result<Queue, CommandError> {
         check_name("tenant", &self.tenant).map_err(|msg| CommandError::Usage(anyhow!(msg)))?;
+        let conn = self.connect().await?;
+        let record = Registry::new(conn.clone())
+            .resolve(&self.tenant)
+            .await
+            .map_err(usage_or_host)?;
+        Queue::for_tenant(conn, &record).map_err(CommandError::Usage)
+    }
+
+    /// Connects, or says why not.
+    pub(crate) async fn connect(&self) -> Result<Conn, CommandError> {
         crate::queue::Target::parse(&self.redis).map_err(CommandError::Usage)?;
-        Queue::open(&self.redis, &self.tenant)
+        crate::queue::connect(&self.redis)
             .await
             .map_err(CommandError::Host)
+    }
+}
+
+/// A refusal is the user's mistake (exit 2); anything else is the host's (exit 3).
+pub(crate) fn usage_or_host(err: anyhow::Error) -> CommandError {
+    if Refusal::of(&err).is_some() {
+        CommandError::Usage(err)
+    } else {
+        CommandError::Host(err)
     }
 }
 

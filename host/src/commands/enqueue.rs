@@ -8,7 +8,7 @@ use anyhow::{Context as _, anyhow};
 use clap::Args;
 
 use super::CommandError;
-use super::common::{PolicyArgs, QueueArg, RedisArgs, block_on};
+use super::common::{PolicyArgs, QueueArg, RedisArgs, block_on, usage_or_host};
 use crate::config::{parse_duration, parse_size};
 use crate::queue::{DEFAULT_MAX_PAYLOAD_BYTES, EnqueueRequest};
 use crate::scheduler::RetryPolicy;
@@ -107,18 +107,10 @@ impl EnqueueCommand {
                 idempotency_key: self.key.clone(),
                 ..EnqueueRequest::new(&self.task, payload)
             };
-            // Every refusal from enqueue is about the request (unknown task, size, limits)
-            // unless Redis itself failed.
             queue
                 .enqueue(&self.queue.queue, &request, max_payload)
                 .await
-                .map_err(|err| {
-                    if err.downcast_ref::<redis::RedisError>().is_some() {
-                        CommandError::Host(err)
-                    } else {
-                        CommandError::Usage(err)
-                    }
-                })
+                .map_err(usage_or_host)
         })?;
         println!("{}", enqueued.id);
         if !enqueued.created {

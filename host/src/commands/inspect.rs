@@ -7,8 +7,8 @@ use anyhow::anyhow;
 use clap::Args;
 
 use super::CommandError;
-use super::common::{QueueArg, RedisArgs, block_on, format_time_ms, print_json};
-use crate::queue::{DEFAULT_QUEUE, JobState, model::describe_outcome};
+use super::common::{QueueArg, RedisArgs, block_on, format_time_ms, print_json, usage_or_host};
+use crate::queue::{Canceled, DEFAULT_QUEUE, JobState, model::describe_outcome};
 
 /// Show one job: its state, every attempt with its outcome and log tail, and its result.
 #[derive(Debug, Args)]
@@ -233,6 +233,49 @@ impl RequeueCommand {
         })?;
         println!("requeued {requeued} job(s)");
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Cancel a job that has not finished: a waiting job never runs, a running guest is stopped.
+/// The job moves to the failed set with a `canceled` outcome, from where it can be requeued.
+#[derive(Debug, Args)]
+pub struct CancelCommand {
+    /// The job to cancel.
+    id: String,
+
+    #[command(flatten)]
+    queue: QueueArg,
+
+    #[command(flatten)]
+    redis: RedisArgs,
+}
+
+impl CancelCommand {
+    /// Cancels and says what the job was doing.
+    ///
+    /// # Errors
+    ///
+    /// A usage error when the job does not exist or already finished; a host error when Redis
+    /// fails.
+    pub fn execute(self) -> Result<ExitCode, CommandError> {
+        let canceled = block_on(async {
+            let queue = self.redis.open().await?;
+            queue
+                .cancel(&self.queue.queue, &self.id)
+                .await
+                .map_err(usage_or_host)
+        })?;
+        match canceled {
+            Canceled::Done(state) => {
+                println!("canceled job {} (it was {})", self.id, state.as_str());
+                Ok(ExitCode::SUCCESS)
+            }
+            Canceled::AlreadyFinished(state) => Err(CommandError::Usage(anyhow!(
+                "job {} already {}; only waiting or running jobs can be canceled",
+                self.id,
+                state.as_str()
+            ))),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod inspect;
 mod run;
 mod serve;
 mod tasks;
+mod tenant;
 mod upload;
 
 use std::process::ExitCode;
@@ -15,10 +16,11 @@ use clap::{Parser, Subcommand};
 
 pub use common::{PolicyArgs, QueueArg, RedisArgs};
 pub use enqueue::EnqueueCommand;
-pub use inspect::{JobCommand, JobsCommand, RequeueCommand, StatsCommand};
+pub use inspect::{CancelCommand, JobCommand, JobsCommand, RequeueCommand, StatsCommand};
 pub use run::RunCommand;
 pub use serve::ServeCommand;
 pub use tasks::TasksCommand;
+pub use tenant::TenantCommand;
 pub use upload::UploadCommand;
 
 /// Exit code: the job succeeded.
@@ -50,7 +52,9 @@ enum Command {
     Job(JobCommand),
     Jobs(JobsCommand),
     Requeue(RequeueCommand),
+    Cancel(CancelCommand),
     Stats(StatsCommand),
+    Tenant(TenantCommand),
 }
 
 /// Why a command failed, which decides its exit code.
@@ -90,7 +94,9 @@ impl Cli {
             Command::Job(command) => command.execute(),
             Command::Jobs(command) => command.execute(),
             Command::Requeue(command) => command.execute(),
+            Command::Cancel(command) => command.execute(),
             Command::Stats(command) => command.execute(),
+            Command::Tenant(command) => command.execute(),
         }
     }
 }

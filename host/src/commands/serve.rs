@@ -9,9 +9,9 @@ use anyhow::anyhow;
 use clap::Args;
 
 use super::CommandError;
-use super::common::{RedisArgs, block_on};
+use super::common::block_on;
 use crate::config::parse_duration;
-use crate::queue::{DEFAULT_QUEUE, check_name};
+use crate::queue::check_name;
 use crate::runtime::{EngineOptions, Executor};
 use crate::worker::{WorkerConfig, serve};
 
@@ -25,8 +25,23 @@ pub struct ServeCommand {
     #[arg(long, default_value_t = 8, value_name = "N")]
     concurrency: usize,
 
-    /// A queue to serve; repeat for several, in priority order.
-    #[arg(long = "queue", value_name = "NAME", default_value = DEFAULT_QUEUE)]
+    /// The Redis server, or `cluster:URL,URL,...` for any nodes of a Redis Cluster.
+    #[arg(
+        long,
+        env = "WASM_RUNNER_REDIS",
+        default_value = "redis://127.0.0.1:6379",
+        value_name = "URL"
+    )]
+    redis: String,
+
+    /// A tenant whose jobs to run; repeat for several. Default: every tenant, including ones
+    /// created while the worker runs. Tenants share the worker's slots round-robin.
+    #[arg(long = "tenant", value_name = "NAME")]
+    tenants: Vec<String>,
+
+    /// A queue to serve of each tenant; repeat for several. Default: every queue the tenants
+    /// have enqueued to, including new ones. Queues of a tenant are served round-robin.
+    #[arg(long = "queue", value_name = "NAME")]
     queues: Vec<String>,
 
     /// How long a job's lease lasts without renewal; a worker that dies loses its jobs to other
@@ -60,8 +75,10 @@ pub struct ServeCommand {
     #[arg(long, value_name = "ID")]
     worker_id: Option<String>,
 
-    #[command(flatten)]
-    redis: RedisArgs,
+    /// Meter fuel, so that tenants' fuel quotas are enforced. Metering slows call-heavy
+    /// guests by up to ~60%, so it is off unless asked for.
+    #[arg(long)]
+    fuel_metering: bool,
 }
 
 impl ServeCommand {
@@ -84,17 +101,22 @@ impl ServeCommand {
         for queue in &self.queues {
             check_name("queue", queue).map_err(usage)?;
         }
-        check_name("tenant", &self.redis.tenant).map_err(usage)?;
+        for tenant in &self.tenants {
+            check_name("tenant", tenant).map_err(usage)?;
+        }
+        crate::queue::Target::parse(&self.redis).map_err(CommandError::Usage)?;
 
         let executor = Executor::new(EngineOptions {
             max_concurrent: self.concurrency as u32,
+            fuel: self.fuel_metering,
             ..EngineOptions::default()
         })
         .map_err(CommandError::Host)?;
-        let defaults = WorkerConfig::new(self.redis.redis.clone());
+        let defaults = WorkerConfig::new(self.redis.clone());
+        let non_empty = |names: &Vec<String>| (!names.is_empty()).then(|| names.clone());
         let config = WorkerConfig {
-            tenant: self.redis.tenant.clone(),
-            queues: self.queues.clone(),
+            tenants: non_empty(&self.tenants),
+            queues: non_empty(&self.queues),
             concurrency: self.concurrency,
             lease: self.lease,
             grace: self.grace,

@@ -8,7 +8,7 @@ use anyhow::{Context as _, anyhow};
 use clap::Args;
 
 use super::CommandError;
-use super::common::{PolicyArgs, RedisArgs, block_on};
+use super::common::{PolicyArgs, RedisArgs, block_on, usage_or_host};
 use crate::config::{Limits, format_duration, parse_duration, parse_size};
 use crate::queue::{TaskDefaults, check_name};
 use crate::runtime::{EngineOptions, Executor};
@@ -89,7 +89,7 @@ impl UploadCommand {
             queue
                 .upload(&self.name, &wasm, &defaults)
                 .await
-                .map_err(CommandError::Host)
+                .map_err(usage_or_host)
         })?;
         println!(
             "uploaded {} version {} (sha256 {}, {}): {}, timeout {}, memory {}",

@@ -8,6 +8,10 @@
 //! wr:{acme}:tasks                      HASH   task name -> latest version (JSON)
 //! wr:{acme}:task:<name>:versions       LIST   every version of a task, oldest first (JSON)
 //! wr:{acme}:component:<sha256>         STRING component bytes, content-addressed
+//! wr:{acme}:queues                     SET    the tenant's queue names (added on enqueue)
+//! wr:{acme}:slots                      ZSET   running-jobs cap holders -> lease deadline (ms)
+//! wr:{tenants}:all                     HASH   tenant name -> record (quotas, token hash)
+//! wr:{tenants}:tokens                  HASH   sha256 of an API token -> tenant name
 //! wr:{acme/default}:ready              LIST   job ids ready to run, oldest first
 //! wr:{acme/default}:scheduled          ZSET   job id -> due time (ms): delayed jobs and retries
 //! wr:{acme/default}:running            ZSET   job id -> lease deadline (ms)
@@ -53,6 +57,17 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The tenant registry: every tenant's record, and the index from API token hash to tenant.
+/// Both share the `{tenants}` tag, so creating, rotating and deleting are one script each.
+pub fn registry_tenants() -> String {
+    format!("{PREFIX}:{{tenants}}:all")
+}
+
+/// Hex sha256 of an API token -> tenant name.
+pub fn registry_tokens() -> String {
+    format!("{PREFIX}:{{tenants}}:tokens")
+}
+
 /// The keys of one tenant's task registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantKeys {
@@ -81,6 +96,21 @@ impl TenantKeys {
     pub fn component(&self, digest: &str) -> String {
         format!("{}:component:{digest}", self.tag)
     }
+
+    /// The names of the tenant's queues, so workers and `tenant delete` can find them.
+    pub fn queues(&self) -> String {
+        format!("{}:queues", self.tag)
+    }
+
+    /// Holders of the tenant's running-jobs slots (see `lua/slots.lua`).
+    pub fn slots(&self) -> String {
+        format!("{}:slots", self.tag)
+    }
+
+    /// What every key of this tenant's registry starts with; used to find them for deletion.
+    pub fn pattern(&self) -> String {
+        format!("{}:*", self.tag)
+    }
 }
 
 /// The keys of one queue of one tenant.
@@ -101,6 +131,11 @@ impl QueueKeys {
     /// job keys from it, which is safe on a cluster because they share the queue's hash tag.
     pub fn prefix(&self) -> String {
         format!("{}:", self.tag)
+    }
+
+    /// Cancel requests for jobs that `worker` is running: job ids, popped by that worker.
+    pub fn cancels(&self, worker: &str) -> String {
+        format!("{}:cancel:{worker}", self.tag)
     }
 
     /// Job ids ready to run.

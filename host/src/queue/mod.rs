@@ -5,12 +5,17 @@
 //! queue's hash tag (see [`keys`]), which lets it run on Redis Cluster. The main type is
 //! [`Queue`], a handle for one tenant.
 
+mod admin;
 pub mod conn;
 mod invariants;
 pub mod keys;
 pub mod model;
+mod refusal;
+mod slots;
+pub mod tenants;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -19,12 +24,15 @@ use sha2::{Digest, Sha256};
 
 use crate::scheduler::RetryPolicy;
 
+pub use admin::Canceled;
 pub use conn::{Conn, Target};
 pub use keys::{QueueKeys, TenantKeys, check_name};
 pub use model::{
     AttemptRecord, Completion, EnqueueRequest, Enqueued, Fetched, JobState, JobSummary, JobView,
     LeasedJob, QueueStats, TaskCounts, TaskDefaults, TaskVersion,
 };
+pub use refusal::Refusal;
+pub use tenants::{Quotas, Registry, TenantRecord, Token};
 
 /// The tenant used when none is named.
 pub const DEFAULT_TENANT: &str = "default";
@@ -54,6 +62,8 @@ struct Scripts {
     finish: Script,
     requeue: Script,
     upload: Script,
+    cancel: Script,
+    slots: Script,
 }
 
 impl Scripts {
@@ -65,17 +75,30 @@ impl Scripts {
             finish: script(include_str!("lua/finish.lua")),
             requeue: script(include_str!("lua/requeue.lua")),
             upload: script(include_str!("lua/upload.lua")),
+            cancel: script(include_str!("lua/cancel.lua")),
+            slots: script(include_str!("lua/slots.lua")),
         }
     }
 }
 
-/// A connection to the queue for one tenant. Cheap to clone; clones share the connection.
+/// A connection to the queue for one tenant, under that tenant's quotas. Cheap to clone;
+/// clones share the connection.
 #[derive(Clone)]
 pub struct Queue {
     conn: Conn,
     tenant: String,
     tenant_keys: TenantKeys,
-    scripts: std::sync::Arc<Scripts>,
+    quotas: Quotas,
+    scripts: Arc<Scripts>,
+    /// Queues already recorded in the tenant's queue set by this handle.
+    known_queues: Arc<Mutex<HashSet<String>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding the lock; if something did, the set is still valid.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl std::fmt::Debug for Queue {
@@ -97,19 +120,48 @@ pub async fn connect(url: &str) -> anyhow::Result<Conn> {
 }
 
 impl Queue {
-    /// A handle for `tenant` over an existing connection.
+    /// A handle for `tenant` over an existing connection, with default quotas (see
+    /// [`Queue::with_quotas`]). It does not check that the tenant was created; the CLI and
+    /// the HTTP API go through [`Registry::resolve`] first.
     ///
     /// # Errors
     ///
     /// When the tenant name is not valid (see [`check_name`]).
     pub fn new(conn: Conn, tenant: &str) -> anyhow::Result<Self> {
-        check_name("tenant", tenant).map_err(|msg| anyhow!(msg))?;
+        check_name("tenant", tenant).map_err(Refusal::Invalid)?;
         Ok(Queue {
             conn,
             tenant: tenant.to_owned(),
             tenant_keys: TenantKeys::new(tenant),
-            scripts: std::sync::Arc::new(Scripts::new()),
+            quotas: Quotas::default(),
+            scripts: Arc::new(Scripts::new()),
+            known_queues: Arc::default(),
         })
+    }
+
+    /// A handle for a tenant as registered: its name and quotas.
+    ///
+    /// # Errors
+    ///
+    /// When the record's name is not valid.
+    pub fn for_tenant(conn: Conn, record: &TenantRecord) -> anyhow::Result<Self> {
+        Ok(Queue::new(conn, &record.name)?.with_quotas(record.quotas.clone()))
+    }
+
+    /// This handle with `quotas` enforced on uploads and enqueues.
+    pub fn with_quotas(mut self, quotas: Quotas) -> Self {
+        self.quotas = quotas;
+        self
+    }
+
+    /// The quotas this handle enforces.
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
+    }
+
+    /// The connection this handle uses, for sharing with other handles.
+    pub fn conn(&self) -> &Conn {
+        &self.conn
     }
 
     /// Connects to `url` and returns a handle for `tenant`.
@@ -128,7 +180,7 @@ impl Queue {
     }
 
     fn queue_keys(&self, queue: &str) -> anyhow::Result<QueueKeys> {
-        check_name("queue", queue).map_err(|msg| anyhow!(msg))?;
+        check_name("queue", queue).map_err(Refusal::Invalid)?;
         Ok(QueueKeys::new(&self.tenant, queue))
     }
 
@@ -139,14 +191,30 @@ impl Queue {
     ///
     /// # Errors
     ///
-    /// When the name is not valid or Redis fails.
+    /// When the name is not valid, the component is over the tenant's size limit, the
+    /// defaults ask for more memory or time than the tenant's ceilings (all [`Refusal`]s), or
+    /// Redis fails.
     pub async fn upload(
         &self,
         name: &str,
         wasm: &[u8],
         defaults: &TaskDefaults,
     ) -> anyhow::Result<TaskVersion> {
-        check_name("task", name).map_err(|msg| anyhow!(msg))?;
+        check_name("task", name).map_err(Refusal::Invalid)?;
+        let limit = self.quotas.component_limit();
+        if wasm.len() as u64 > limit {
+            bail!(Refusal::TooLarge(format!(
+                "the component is {}, over tenant `{}`'s limit of {}; build it with \
+                 `--release` and `opt-level = \"s\"`, or raise the limit with \
+                 `wasm-runner tenant update {} --max-component-size SIZE`",
+                bytesize::ByteSize(wasm.len() as u64),
+                self.tenant,
+                bytesize::ByteSize(limit),
+                self.tenant
+            )));
+        }
+        self.quotas
+            .check_limits(defaults.memory_bytes, defaults.timeout_ms)?;
         let digest = format!("{:x}", Sha256::digest(wasm));
         let record = serde_json::json!({
             "name": name,
@@ -198,7 +266,7 @@ impl Queue {
     ///
     /// When Redis fails or holds a malformed record.
     pub async fn versions(&self, name: &str) -> anyhow::Result<Vec<TaskVersion>> {
-        check_name("task", name).map_err(|msg| anyhow!(msg))?;
+        check_name("task", name).map_err(Refusal::Invalid)?;
         let all: Vec<String> = self
             .conn
             .clone()
@@ -216,7 +284,7 @@ impl Queue {
     ///
     /// When Redis fails or holds a malformed record.
     pub async fn task(&self, name: &str) -> anyhow::Result<Option<TaskVersion>> {
-        check_name("task", name).map_err(|msg| anyhow!(msg))?;
+        check_name("task", name).map_err(Refusal::Invalid)?;
         let json: Option<String> = self
             .conn
             .clone()
@@ -247,8 +315,10 @@ impl Queue {
     ///
     /// # Errors
     ///
-    /// When the task does not exist, the payload is over `max_payload_bytes`, an override is
-    /// invalid, or Redis fails. Nothing is written in any of those cases.
+    /// A [`Refusal`] when the task does not exist, the payload is over `max_payload_bytes` or
+    /// the tenant's limit, an override is invalid or over the tenant's ceilings, or the tenant's
+    /// queued-jobs quota is full; nothing is written in any of those cases. Otherwise when
+    /// Redis fails.
     pub async fn enqueue(
         &self,
         queue: &str,
@@ -282,24 +352,32 @@ impl Queue {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
+        let max_payload_bytes = max_payload_bytes
+            .min(usize::try_from(self.quotas.payload_limit()).unwrap_or(usize::MAX));
         let mut tasks: HashMap<&str, TaskVersion> = HashMap::new();
         let mut jobs = Vec::with_capacity(requests.len());
         for request in requests {
             if !tasks.contains_key(request.task.as_str()) {
                 let Some(task) = self.task(&request.task).await? else {
-                    bail!(
+                    bail!(Refusal::NotFound(format!(
                         "there is no task `{}` for tenant `{}`; upload it first with \
                          `wasm-runner upload FILE --name {}`",
-                        request.task,
-                        self.tenant,
-                        request.task
-                    );
+                        request.task, self.tenant, request.task
+                    )));
                 };
                 tasks.insert(&request.task, task);
             }
             let task = &tasks[request.task.as_str()];
-            jobs.push(PreparedJob::new(&keys, request, task, max_payload_bytes)?);
+            jobs.push(PreparedJob::new(
+                &keys,
+                request,
+                task,
+                max_payload_bytes,
+                &self.quotas,
+            )?);
         }
+        self.check_room(jobs.len()).await?;
+        self.note_queue(queue).await?;
 
         let mut conn = self.conn.clone();
         let mut enqueued = Vec::with_capacity(jobs.len());
@@ -492,25 +570,21 @@ impl Queue {
         Ok(())
     }
 
-    /// Waits up to `timeout` for a wake-up token on `queue` (an enqueue or a retry made a job
-    /// ready) and returns whether one came. Uses `conn`, which must be a connection of its own:
-    /// the wait blocks it.
+    /// Waits up to `timeout` for an element on any of `keys` (wake-up tokens, cancel
+    /// requests) and returns the key and the element. Uses `conn`, which must be a connection
+    /// of its own: the wait blocks it. On a cluster all `keys` must share one hash tag.
     ///
     /// # Errors
     ///
     /// When Redis fails.
-    pub async fn wait_for_work(
-        &self,
+    pub async fn wait_any(
         conn: &mut Conn,
-        queue: &str,
+        keys: &[String],
         timeout: Duration,
-    ) -> anyhow::Result<bool> {
-        let keys = self.queue_keys(queue)?;
-        let token: Option<(String, String)> = conn
-            .blpop(keys.wake(), timeout.as_secs_f64())
+    ) -> anyhow::Result<Option<(String, String)>> {
+        conn.blpop(keys, timeout.as_secs_f64())
             .await
-            .with_context(|| format!("failed to wait for work on queue `{queue}`"))?;
-        Ok(token.is_some())
+            .context("failed to wait for wake-ups")
     }
 
     /// Puts failed job `id` back in the ready list with fresh attempts, optionally moving it to
@@ -791,16 +865,17 @@ impl<'a> PreparedJob<'a> {
         request: &'a EnqueueRequest,
         task: &TaskVersion,
         max_payload_bytes: usize,
+        quotas: &Quotas,
     ) -> anyhow::Result<Self> {
         if request.payload.len() > max_payload_bytes {
-            bail!(
+            bail!(Refusal::TooLarge(format!(
                 "the payload is {} bytes, over the limit of {max_payload_bytes} bytes; store \
                  large inputs elsewhere and pass a reference",
                 request.payload.len()
-            );
+            )));
         }
         let policy = request.policy.as_ref().unwrap_or(&task.defaults.policy);
-        policy.validate().map_err(|msg| anyhow!(msg))?;
+        policy.validate().map_err(Refusal::Invalid)?;
         let timeout_ms = request
             .timeout
             .map_or(task.defaults.timeout_ms, |t| t.as_millis() as u64);
@@ -811,10 +886,11 @@ impl<'a> PreparedJob<'a> {
             fuel: None,
         }
         .validate()
-        .map_err(|msg| anyhow!(msg))?;
+        .map_err(Refusal::Invalid)?;
+        quotas.check_limits(memory_bytes, timeout_ms)?;
         let idempotency = match &request.idempotency_key {
             Some(key) => {
-                check_name("idempotency key", key).map_err(|msg| anyhow!(msg))?;
+                check_name("idempotency key", key).map_err(Refusal::Invalid)?;
                 Some((keys.idempotency(key), IDEMPOTENCY_TTL.as_millis() as u64))
             }
             None => None,

@@ -110,6 +110,11 @@ impl Executor {
         &self.engine
     }
 
+    /// The settings this executor was built with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
     /// Whether instances come from the pooling allocator (see [`EngineOptions`]).
     pub fn is_pooling(&self) -> bool {
         self.pooling
