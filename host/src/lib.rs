@@ -9,6 +9,7 @@
 //! - [`outcome`]: how an attempt ended, and what each ending means for retries.
 //! - [`scheduler`]: retry timing: what happens to a job after an attempt; pure, no I/O.
 
+pub mod api;
 pub mod commands;
 pub mod config;
 pub mod job;

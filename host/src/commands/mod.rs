@@ -1,6 +1,7 @@
 //! The `wasm-runner` subcommands. Each lives in its own file as a clap struct with an
 //! `execute` method; this file holds the top-level parser and the exit codes.
 
+mod api;
 mod common;
 mod enqueue;
 mod inspect;
@@ -14,6 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub use api::ApiCommand;
 pub use common::{PolicyArgs, QueueArg, RedisArgs};
 pub use enqueue::EnqueueCommand;
 pub use inspect::{CancelCommand, JobCommand, JobsCommand, RequeueCommand, StatsCommand};
@@ -49,6 +51,7 @@ enum Command {
     Tasks(TasksCommand),
     Enqueue(EnqueueCommand),
     Serve(ServeCommand),
+    Api(ApiCommand),
     Job(JobCommand),
     Jobs(JobsCommand),
     Requeue(RequeueCommand),
@@ -91,6 +94,7 @@ impl Cli {
             Command::Tasks(command) => command.execute(),
             Command::Enqueue(command) => command.execute(),
             Command::Serve(command) => command.execute(),
+            Command::Api(command) => command.execute(),
             Command::Job(command) => command.execute(),
             Command::Jobs(command) => command.execute(),
             Command::Requeue(command) => command.execute(),

@@ -1,5 +1,6 @@
 //! `wasm-runner serve`: runs a worker until SIGTERM or Ctrl-C.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use clap::Args;
 
 use super::CommandError;
 use super::common::block_on;
+use crate::api::{ApiState, serve_http};
 use crate::config::parse_duration;
 use crate::queue::check_name;
 use crate::runtime::{EngineOptions, Executor};
@@ -75,6 +77,10 @@ pub struct ServeCommand {
     #[arg(long, value_name = "ID")]
     worker_id: Option<String>,
 
+    /// Also serve the HTTP API on this address, e.g. `127.0.0.1:8080` (see `wasm-runner api`).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+
     /// Meter fuel, so that tenants' fuel quotas are enforced. Metering slows call-heavy
     /// guests by up to ~60%, so it is off unless asked for.
     #[arg(long)]
@@ -130,16 +136,47 @@ impl ServeCommand {
             failed_retention: self.failed_retention,
             ..defaults
         };
+        let executor = Arc::new(executor);
+        let http = self.http;
         block_on(async move {
-            serve(config, Arc::new(executor), shutdown_signal())
+            // One signal stops both the worker and the API.
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = stop.send(true);
+            });
+            let wait_for_stop = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            let api = match http {
+                Some(address) => {
+                    let listener = tokio::net::TcpListener::bind(address)
+                        .await
+                        .map_err(|err| super::api::bind_error(address, &err))?;
+                    let conn = crate::queue::connect(&config.redis_url)
+                        .await
+                        .map_err(CommandError::Host)?;
+                    tracing::info!(address = %address, "api listening");
+                    let state = ApiState::new(conn, executor.clone());
+                    Some(tokio::spawn(serve_http(listener, state, wait_for_stop(stopped.clone()))))
+                }
+                None => None,
+            };
+            serve(config, executor, wait_for_stop(stopped))
                 .await
-                .map_err(CommandError::Host)
+                .map_err(CommandError::Host)?;
+            if let Some(api) = api {
+                api.await
+                    .map_err(|err| CommandError::Host(anyhow!("the API task failed: {err}")))?
+                    .map_err(CommandError::Host)?;
+            }
+            Ok(())
         })?;
         Ok(ExitCode::SUCCESS)
     }
 }
 
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {

@@ -103,6 +103,9 @@ struct Running {
     slot: Option<String>,
 }
 
+/// One served queue's handle and the (job id, lease token) pairs this worker holds on it.
+type QueueLeases = (Queue, Vec<(String, u64)>);
+
 /// Shared state of one worker process.
 struct Worker {
     config: WorkerConfig,
@@ -663,7 +666,7 @@ impl Worker {
         loop {
             tokio::time::sleep(interval).await;
             // Every served queue is renewed, with or without jobs, as the worker's heartbeat.
-            let mut by_queue: HashMap<(String, String), (Queue, Vec<(String, u64)>)> =
+            let mut by_queue: HashMap<(String, String), QueueLeases> =
                 lock(&self.served)
                     .pairs()
                     .into_iter()
