@@ -9,6 +9,8 @@
 
 use std::path::PathBuf;
 
+pub mod http;
+pub mod openapi;
 mod redis;
 
 pub use redis::{TestRedis, TestRedisCluster};
