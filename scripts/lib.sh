@@ -25,16 +25,17 @@ build_examples() {
 # Installs redis-server from Debian's packages when it is missing: the queue tests and the
 # demo start private servers of their own (never the one on port 6379).
 ensure_redis_server() {
-    if command -v redis-server >/dev/null 2>&1; then
+    if command -v redis-server >/dev/null 2>&1 && command -v curl >/dev/null 2>&1; then
         return 0
     fi
-    echo "==> installing redis-server"
+    # curl is for the README's HTTP walkthrough, which a test runs as written.
+    echo "==> installing redis-server and curl"
     local sudo=""
     if [ "$(id -u)" -ne 0 ]; then
         sudo="sudo"
     fi
     $sudo apt-get update -qq
-    $sudo apt-get install -y -qq redis-server >/dev/null
+    $sudo apt-get install -y -qq redis-server curl >/dev/null
     # The package starts a system service on 6379 on some systems; we do not use it.
 }
 
