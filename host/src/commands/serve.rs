@@ -158,7 +158,11 @@ impl ServeCommand {
                         .map_err(CommandError::Host)?;
                     tracing::info!(address = %address, "api listening");
                     let state = ApiState::new(conn, executor.clone());
-                    Some(tokio::spawn(serve_http(listener, state, wait_for_stop(stopped.clone()))))
+                    Some(tokio::spawn(serve_http(
+                        listener,
+                        state,
+                        wait_for_stop(stopped.clone()),
+                    )))
                 }
                 None => None,
             };

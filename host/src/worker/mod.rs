@@ -666,14 +666,11 @@ impl Worker {
         loop {
             tokio::time::sleep(interval).await;
             // Every served queue is renewed, with or without jobs, as the worker's heartbeat.
-            let mut by_queue: HashMap<(String, String), QueueLeases> =
-                lock(&self.served)
-                    .pairs()
-                    .into_iter()
-                    .map(|(handle, queue)| {
-                        ((handle.tenant().to_owned(), queue), (handle, Vec::new()))
-                    })
-                    .collect();
+            let mut by_queue: HashMap<(String, String), QueueLeases> = lock(&self.served)
+                .pairs()
+                .into_iter()
+                .map(|(handle, queue)| ((handle.tenant().to_owned(), queue), (handle, Vec::new())))
+                .collect();
             let mut slots_by_tenant: HashMap<String, (Queue, Vec<String>)> = HashMap::new();
             for (id, running) in lock(&self.running).iter() {
                 let key = (running.tenant.tenant().to_owned(), running.queue.clone());
