@@ -476,7 +476,19 @@ fn every_guest_is_used_by_a_test() {
     let mut sources = String::new();
     for dir in ["tests/tests", "host/tests", "host/benches"] {
         for entry in std::fs::read_dir(root.join(dir)).unwrap() {
-            sources.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+            let path = entry.unwrap().path();
+            // Shared test modules live in folders (e.g. host/tests/support/mod.rs).
+            let files = if path.is_dir() {
+                std::fs::read_dir(&path)
+                    .unwrap()
+                    .map(|entry| entry.unwrap().path())
+                    .collect()
+            } else {
+                vec![path]
+            };
+            for file in files {
+                sources.push_str(&std::fs::read_to_string(file).unwrap());
+            }
         }
     }
     let guests = wasm_runner_tests::all_guests();

@@ -870,7 +870,8 @@ impl<'a> PreparedJob<'a> {
         if request.payload.len() > max_payload_bytes {
             bail!(Refusal::TooLarge(format!(
                 "the payload is {} bytes, over the limit of {max_payload_bytes} bytes; store \
-                 large inputs elsewhere and pass a reference",
+                 large inputs elsewhere and pass a reference, or raise the tenant's limit with \
+                 `wasm-runner tenant update NAME --max-payload SIZE`",
                 request.payload.len()
             )));
         }

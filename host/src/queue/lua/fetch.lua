@@ -11,6 +11,9 @@
 local prefix = ARGV[1]
 local now = now_ms()
 redis.call('ZADD', KEYS[6], now, ARGV[2])
+-- The heartbeat set goes away an hour after the last worker stopped, so a worker that had
+-- not yet seen its tenant deleted cannot leave it behind for good.
+redis.call('PEXPIRE', KEYS[6], 3600000)
 
 -- Leases that ran out: the worker was killed, stalled, or lost Redis. The attempt is recorded
 -- as lost and not charged; a job that keeps losing its worker fails after a bounded count.

@@ -5,6 +5,9 @@
 -- Returns the ids whose lease is no longer this worker's: their guests must be stopped.
 local now = now_ms()
 redis.call('ZADD', KEYS[2], now, ARGV[2])
+-- The heartbeat set goes away an hour after the last worker stopped, so a worker that had
+-- not yet seen its tenant deleted cannot leave it behind for good.
+redis.call('PEXPIRE', KEYS[2], 3600000)
 local lost = {}
 for i = 4, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
