@@ -26,8 +26,14 @@ struct Worker {
 
 impl Worker {
     fn start(redis: &TestRedis, concurrency: usize) -> anyhow::Result<Worker> {
+        Worker::start_with(redis, concurrency, false)
+    }
+
+    /// A worker whose executor meters fuel when `fuel` is set (`serve --fuel-metering`).
+    fn start_with(redis: &TestRedis, concurrency: usize, fuel: bool) -> anyhow::Result<Worker> {
         let executor = Arc::new(Executor::new(EngineOptions {
             max_concurrent: concurrency as u32,
+            fuel,
             ..EngineOptions::default()
         })?);
         let config = WorkerConfig {
@@ -206,6 +212,50 @@ async fn a_lowered_memory_ceiling_applies_to_jobs_already_queued() -> anyhow::Re
         .unwrap_err()
         .to_string();
     ensure!(refused.contains("ceiling of 32.0 MiB"), "{refused}");
+    worker.stop().await?;
+    Ok(())
+}
+
+/// A tenant's fuel quota stops its runaway job on a metering worker, as a permanent
+/// `fuel_exhausted` outcome long before the job's 10 s timeout, while another tenant's job
+/// on the same worker is not metered at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fuel_quota_stops_a_runaway_job_on_a_metering_worker() -> anyhow::Result<()> {
+    let redis = TestRedis::start()?;
+    let capped = tenant(
+        &redis,
+        "capped",
+        Quotas {
+            fuel_per_attempt: Some(1_000_000),
+            ..Quotas::default()
+        },
+    )
+    .await?;
+    let free = tenant(&redis, "free", Quotas::default()).await?;
+    upload(&capped, "spin", "example-spin", 64 << 20).await?;
+    upload(&free, "hello", "example-hello", 64 << 20).await?;
+    let worker = Worker::start_with(&redis, 2, true)?;
+
+    let spin = capped
+        .enqueue(QUEUE, &EnqueueRequest::new("spin", "{}"), usize::MAX)
+        .await?
+        .id;
+    let job = wait_for(&capped, &spin, JobState::Failed).await?;
+    let outcome = &job.attempts[0].outcome;
+    ensure!(
+        outcome["class"] == "fuel_exhausted" && outcome["fuel"] == 1_000_000,
+        "expected the tenant's fuel quota to stop spin: {outcome}"
+    );
+
+    let hello = free
+        .enqueue(
+            QUEUE,
+            &EnqueueRequest::new("hello", r#"{"name": "free"}"#),
+            usize::MAX,
+        )
+        .await?
+        .id;
+    wait_for(&free, &hello, JobState::Succeeded).await?;
     worker.stop().await?;
     Ok(())
 }
