@@ -12,6 +12,7 @@
 //! wr:{acme}:slots                      ZSET   running-jobs cap holders -> lease deadline (ms)
 //! wr:{tenants}:all                     HASH   tenant name -> record (quotas, token hash)
 //! wr:{tenants}:tokens                  HASH   sha256 of an API token -> tenant name
+//! wr:{tenants}:epoch                   STRING random marker; gone or changed = data was lost
 //! wr:{acme/default}:ready              LIST   job ids ready to run, oldest first
 //! wr:{acme/default}:scheduled          ZSET   job id -> due time (ms): delayed jobs and retries
 //! wr:{acme/default}:running            ZSET   job id -> lease deadline (ms)
@@ -61,6 +62,13 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
 /// Both share the `{tenants}` tag, so creating, rotating and deleting are one script each.
 pub fn registry_tenants() -> String {
     format!("{PREFIX}:{{tenants}}:all")
+}
+
+/// A random marker written once to every Redis wasm-runner uses. If it vanishes or changes,
+/// Redis lost its data (restarted without persistence, flushed, or failed over to a stale
+/// replica), and workers say so.
+pub fn registry_epoch() -> String {
+    format!("{PREFIX}:{{tenants}}:epoch")
 }
 
 /// Hex sha256 of an API token -> tenant name.

@@ -12,7 +12,7 @@ use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::keys::{registry_tenants, registry_tokens};
+use super::keys::{registry_epoch, registry_tenants, registry_tokens};
 use super::{Conn, DEFAULT_TENANT, Refusal, check_name};
 
 /// The largest component accepted when a tenant sets no limit (64 MiB).
@@ -379,6 +379,26 @@ impl Registry {
             .get(&name)
             .await?
             .filter(|record| record.token_hash.as_deref() == Some(hash.as_str())))
+    }
+
+    /// The data epoch of this Redis: the marker written by the first worker that saw it.
+    /// Writes `candidate` if there is none yet, and returns the marker in force.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails.
+    pub async fn epoch(&self, candidate: &str) -> anyhow::Result<String> {
+        let mut conn = self.conn.clone();
+        let _: Option<String> = redis::cmd("SET")
+            .arg(registry_epoch())
+            .arg(candidate)
+            .arg("NX")
+            .query_async(&mut conn)
+            .await
+            .context("failed to write the data epoch marker")?;
+        conn.get(registry_epoch())
+            .await
+            .context("failed to read the data epoch marker")
     }
 
     async fn existing(&self, name: &str) -> anyhow::Result<TenantRecord> {

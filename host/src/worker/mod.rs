@@ -117,6 +117,8 @@ struct Worker {
     running: Mutex<HashMap<String, Running>>,
     /// Tenants already warned about a fuel quota this worker cannot meter.
     fuel_warned: Mutex<HashSet<String>>,
+    /// The data epoch of Redis this worker last saw (see `check_epoch`).
+    epoch: Mutex<Option<String>>,
     wake: Notify,
 }
 
@@ -177,6 +179,7 @@ pub async fn serve(
         components: Mutex::new(HashMap::new()),
         running: Mutex::new(HashMap::new()),
         fuel_warned: Mutex::new(HashSet::new()),
+        epoch: Mutex::new(None),
         wake: Notify::new(),
     });
     let slots = Arc::new(Semaphore::new(worker.config.concurrency));
@@ -260,10 +263,37 @@ impl Worker {
         matches!(self.conn, Conn::Cluster(_))
     }
 
+    /// Checks that Redis still holds the data it held when this worker first saw it. A Redis
+    /// restarted without persistence, flushed, or failed over to a stale replica comes back
+    /// empty; the queues then look idle, so without this check the loss would go unnoticed.
+    async fn check_epoch(&self) -> anyhow::Result<()> {
+        let candidate = uuid::Uuid::now_v7().to_string();
+        let seen = self.registry.epoch(&candidate).await?;
+        let mut known = lock(&self.epoch);
+        match known.as_deref() {
+            None => *known = Some(seen),
+            Some(previous) if previous != seen => {
+                tracing::error!(
+                    previous_epoch = %previous,
+                    epoch = %seen,
+                    "REDIS LOST ITS DATA: the marker this worker saw at start is gone, so Redis \
+                     restarted without persistence, was flushed, or failed over to a replica \
+                     that was behind. Jobs that were queued, scheduled or running, and uploaded \
+                     tasks, may be gone; enqueue them again. Turn on appendonly (see \
+                     docs/queue.md) to keep acknowledged jobs across restarts."
+                );
+                *known = Some(seen);
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
     /// Re-reads which tenants and queues to serve, with the tenants' current quotas; applies
     /// the retention settings to queues seen for the first time and, on a cluster, starts
     /// their wake-up listeners.
     async fn refresh(self: &Arc<Self>, slots: &Arc<Semaphore>) -> anyhow::Result<()> {
+        self.check_epoch().await?;
         let records = match &self.config.tenants {
             None => {
                 let mut records = self.registry.list().await?;
