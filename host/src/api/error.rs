@@ -143,6 +143,11 @@ impl From<anyhow::Error> for ApiError {
             return ApiError::new(status, refusal.to_string());
         }
 
+        if let Some(full) = err.downcast_ref::<crate::queue::RedisFull>() {
+            tracing::warn!(error = %full, "Redis is out of memory");
+            return ApiError::unavailable(full.to_string());
+        }
+
         let from_redis = err
             .chain()
             .any(|cause| cause.downcast_ref::<redis::RedisError>().is_some());

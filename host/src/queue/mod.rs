@@ -31,7 +31,8 @@ pub use model::{
     AttemptRecord, Completion, EnqueueRequest, Enqueued, Fetched, JobState, JobSummary, JobView,
     LeasedJob, QueueStats, TaskCounts, TaskDefaults, TaskVersion,
 };
-pub use refusal::Refusal;
+use refusal::redis_failure;
+pub use refusal::{RedisFull, Refusal};
 pub use tenants::{Quotas, Registry, TenantRecord, Token};
 
 /// The tenant used when none is named.
@@ -233,7 +234,7 @@ impl Queue {
             .arg(record.to_string())
             .invoke_async(&mut self.conn.clone())
             .await
-            .with_context(|| format!("failed to store task `{name}` in Redis"))?;
+            .map_err(|err| redis_failure(err, format!("failed to store task `{name}` in Redis")))?;
         serde_json::from_str(&encoded).context("Redis returned a malformed task version")
     }
 
@@ -386,7 +387,9 @@ impl Queue {
                 .invocation(&self.scripts.enqueue, &keys)
                 .invoke_async(&mut conn)
                 .await
-                .with_context(|| format!("failed to enqueue a `{}` job", job.task))?;
+                .map_err(|err| {
+                    redis_failure(err, format!("failed to enqueue a `{}` job", job.task))
+                })?;
             enqueued.push(Enqueued {
                 id,
                 created: created == 1,
@@ -409,10 +412,9 @@ impl Queue {
             for invocation in &invocations {
                 pipe.invoke_script(invocation);
             }
-            let results: Vec<(i64, String)> = pipe
-                .query_async(&mut conn)
-                .await
-                .context("failed to enqueue a batch of jobs")?;
+            let results: Vec<(i64, String)> = pipe.query_async(&mut conn).await.map_err(|err| {
+                redis_failure(err, "failed to enqueue a batch of jobs".to_owned())
+            })?;
             enqueued.extend(results.into_iter().map(|(created, id)| Enqueued {
                 id,
                 created: created == 1,

@@ -32,3 +32,27 @@ impl Refusal {
         err.downcast_ref::<Refusal>()
     }
 }
+
+/// Redis refused a write because it reached `maxmemory` under the `noeviction` policy. Not
+/// the caller's mistake and not an outage: nothing was written, and the same request will
+/// work once memory is freed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{what}: Redis is out of memory (it reached `maxmemory` and its policy is `noeviction`), \
+     so nothing was written. Let workers drain the queues, shorten the retention of finished \
+     jobs, or raise `maxmemory`; then try again"
+)]
+pub struct RedisFull {
+    /// What was being done, e.g. "failed to enqueue a `hello` job".
+    pub what: String,
+}
+
+/// Wraps a Redis error with `what`, turning an out-of-memory refusal into [`RedisFull`] so
+/// it reads as what it is instead of Redis's raw script error.
+pub(crate) fn redis_failure(err: redis::RedisError, what: String) -> anyhow::Error {
+    if err.code() == Some("OOM") {
+        anyhow::Error::new(RedisFull { what })
+    } else {
+        anyhow::Error::new(err).context(what)
+    }
+}

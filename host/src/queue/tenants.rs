@@ -401,6 +401,20 @@ impl Registry {
             .context("failed to read the data epoch marker")
     }
 
+    /// Redis's `maxmemory-policy` (on the node holding the registry), or `None` when the
+    /// server does not allow `CONFIG GET` (some managed services).
+    pub async fn eviction_policy(&self) -> Option<String> {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg("maxmemory-policy");
+        let reply: Vec<String> = self
+            .conn
+            .clone()
+            .query_on_node_of(&registry_tenants(), cmd)
+            .await
+            .ok()?;
+        reply.get(1).cloned()
+    }
+
     async fn existing(&self, name: &str) -> anyhow::Result<TenantRecord> {
         check_name("tenant", name).map_err(Refusal::Invalid)?;
         self.get(name).await?.ok_or_else(|| {

@@ -183,6 +183,14 @@ pub async fn serve(
         wake: Notify::new(),
     });
     let slots = Arc::new(Semaphore::new(worker.config.concurrency));
+    match worker.registry.eviction_policy().await.as_deref() {
+        Some("noeviction") | None => {}
+        Some(policy) => tracing::warn!(
+            maxmemory_policy = %policy,
+            "Redis may evict keys when full, and an evicted key is a lost job or task; set \
+             `maxmemory-policy noeviction` so a full Redis refuses writes instead"
+        ),
+    }
     if let Err(err) = worker.refresh(&slots).await {
         // Not fatal: the refresher below keeps trying, and fetching starts once it succeeds.
         tracing::error!(error = %format!("{err:#}"), "cannot list tenants and queues yet");
