@@ -666,3 +666,105 @@ async fn retry_storm_spreads_out() -> anyhow::Result<()> {
     );
     assert_consistent(&queue).await
 }
+
+/// T4: Redis is killed with SIGKILL in the middle of a drain while a producer keeps
+/// enqueueing, then restarted from its append-only file.
+///
+/// Pass: every enqueue that was acknowledged (returned an id) before, during or after the
+/// crash ends succeeded: none lost; enqueues refused while Redis was down are reported to the
+/// producer as errors (not acknowledged); the worker resumes by itself; the queue is
+/// consistent. The server fsyncs every write (`appendfsync always`): with the default
+/// `everysec`, writes acknowledged in the last second before a crash can be lost, which
+/// docs/reliability.md states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_enqueues_survive_a_redis_crash_mid_drain() -> anyhow::Result<()> {
+    let mut redis = TestRedis::start_with_aof()?;
+    redis.command(&["CONFIG", "SET", "appendfsync", "always"])?;
+    let queue = Queue::open(&redis.url(), "default").await?;
+    upload(&queue, "hello", "example-hello", one_attempt()).await;
+    let worker = Worker::start(&redis, Duration::from_secs(2), 4);
+
+    // The producer enqueues one job at a time and keeps the ids Redis acknowledged.
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let producer = {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            let (mut acked, mut refused) = (Vec::new(), 0_u32);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !*stopped.borrow_and_update() && Instant::now() < deadline {
+                let request = EnqueueRequest::new("hello", r#"{"name": "crash"}"#);
+                match queue.enqueue(QUEUE, &request, 1024).await {
+                    Ok(enqueued) => acked.push(enqueued.id),
+                    Err(_) => {
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            (acked, refused)
+        })
+    };
+
+    wait_succeeded_at_least(&queue, 300, Duration::from_secs(30)).await?;
+    redis.kill();
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.restart()?;
+    let back = Instant::now();
+    // The first command after the restart may still meet the old, broken connection.
+    let mut before = None;
+    for _ in 0..50 {
+        if let Ok(counts) = counts(&queue).await {
+            before = counts.get(&JobState::Succeeded).copied();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = before.context("Redis did not answer within 5 s of its restart")?;
+    wait_succeeded_at_least(&queue, before + 300, Duration::from_secs(30)).await?;
+    let resumed = back.elapsed();
+    stop.send(true)?;
+    let (acked, refused) = producer.await?;
+
+    wait_succeeded(&queue, acked.len() as u64, Duration::from_secs(60)).await?;
+    let mut lost = 0;
+    for id in &acked {
+        let state = queue.job(QUEUE, id).await?.map(|job| job.state);
+        lost += usize::from(state != Some(JobState::Succeeded));
+    }
+    eprintln!(
+        "redis down for {} ms; {} enqueues acknowledged, {refused} refused while it was down, \
+         {lost} lost; 300 more jobs done {} ms after it was back",
+        (back - killed).as_millis(),
+        acked.len(),
+        resumed.as_millis()
+    );
+    assert_eq!(lost, 0, "acknowledged enqueues were lost");
+    assert!(
+        refused > 0,
+        "the producer never saw Redis down; the crash tested nothing"
+    );
+    assert!(worker.is_running(), "the worker stopped");
+    worker.stop().await?;
+    assert_consistent(&queue).await
+}
+
+/// Polls the counts until at least `done` jobs succeeded, within `timeout`; returns nothing
+/// but fails with the counts when the time runs out.
+async fn wait_succeeded_at_least(
+    queue: &Queue,
+    done: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let counts = counts(queue).await?;
+        if counts.get(&JobState::Succeeded).is_some_and(|n| *n >= done) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{done} jobs did not succeed within {timeout:?}: {counts:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
