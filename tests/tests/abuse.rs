@@ -726,7 +726,9 @@ async fn acknowledged_enqueues_survive_a_redis_crash_mid_drain() -> anyhow::Resu
     stop.send(true)?;
     let (acked, refused) = producer.await?;
 
-    wait_succeeded(&queue, acked.len() as u64, Duration::from_secs(60)).await?;
+    // An enqueue whose reply was lost in the crash may still have been written: the producer
+    // saw an error, yet the job exists and runs. So wait for at least the acknowledged ones.
+    wait_succeeded_at_least(&queue, acked.len() as u64, Duration::from_secs(60)).await?;
     let mut lost = 0;
     for id in &acked {
         let state = queue.job(QUEUE, id).await?.map(|job| job.state);
@@ -739,6 +741,8 @@ async fn acknowledged_enqueues_survive_a_redis_crash_mid_drain() -> anyhow::Resu
         acked.len(),
         resumed.as_millis()
     );
+    let written_unacknowledged = counts(&queue).await?[&JobState::Succeeded] - acked.len() as u64;
+    eprintln!("written although the producer saw an error: {written_unacknowledged}");
     assert_eq!(lost, 0, "acknowledged enqueues were lost");
     assert!(
         refused > 0,
