@@ -10,7 +10,9 @@
 use std::path::PathBuf;
 
 pub mod http;
+pub mod ledger;
 pub mod openapi;
+pub mod proxy;
 mod redis;
 
 pub use redis::{TestRedis, TestRedisCluster};

@@ -41,6 +41,8 @@ const LISTEN_WAIT: Duration = Duration::from_millis(500);
 /// How long a worker leaves a tenant whose running-jobs cap is full before asking again
 /// (sooner when one of the tenant's jobs on this worker ends).
 const CAPPED_RETRY: Duration = Duration::from_millis(50);
+/// How often the fence checks the time since the last successful renewal.
+const FENCE_CHECK: Duration = Duration::from_millis(50);
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -119,6 +121,8 @@ struct Worker {
     fuel_warned: Mutex<HashSet<String>>,
     /// The data epoch of Redis this worker last saw (see `check_epoch`).
     epoch: Mutex<Option<String>>,
+    /// When the last fully successful lease renewal started (see `fence`).
+    renewed_at: Mutex<Instant>,
     wake: Notify,
 }
 
@@ -180,6 +184,7 @@ pub async fn serve(
         running: Mutex::new(HashMap::new()),
         fuel_warned: Mutex::new(HashSet::new()),
         epoch: Mutex::new(None),
+        renewed_at: Mutex::new(Instant::now()),
         wake: Notify::new(),
     });
     let slots = Arc::new(Semaphore::new(worker.config.concurrency));
@@ -206,6 +211,7 @@ pub async fn serve(
     );
     let mut background = tokio::task::JoinSet::new();
     background.spawn(worker.clone().renew_leases());
+    background.spawn(worker.clone().fence());
     background.spawn(worker.clone().keep_refreshing(slots.clone()));
     if !worker.is_cluster() {
         // One blocking pop over every served queue's keys; on a cluster, keys of different
@@ -696,13 +702,14 @@ impl Worker {
     }
 
     /// Renews every running job's lease and tenant slot every third of the lease, and stops
-    /// the guests whose lease is gone. If Redis cannot be reached for most of a lease, every
-    /// guest is stopped before another worker can take its job over.
+    /// the guests whose lease is gone. [`Worker::fence`] stops every guest when renewals have
+    /// failed for most of a lease.
     async fn renew_leases(self: Arc<Self>) {
         let interval = self.config.lease / 3;
-        let mut last_ok = Instant::now();
         loop {
             tokio::time::sleep(interval).await;
+            // Leases renewed in this round run from no earlier than now on the server.
+            let round_started = Instant::now();
             // Every served queue is renewed, with or without jobs, as the worker's heartbeat.
             let mut by_queue: HashMap<(String, String), QueueLeases> = lock(&self.served)
                 .pairs()
@@ -757,14 +764,32 @@ impl Worker {
             }
 
             if all_ok {
-                last_ok = Instant::now();
-            } else if last_ok.elapsed() + interval >= self.config.lease {
-                // The next renewal would come too late: the leases may already be someone
-                // else's by then. Stop the guests now rather than run a job twice at once.
-                let ids: Vec<String> = lock(&self.running).keys().cloned().collect();
-                if !ids.is_empty() {
-                    tracing::error!(jobs = ids.len(), "Redis unreachable; stopping all guests");
-                }
+                *lock(&self.renewed_at) = round_started;
+            }
+        }
+    }
+
+    /// Stops every guest once the last successful renewal is about to run out, so another
+    /// worker can never take over a job whose guest still runs here.
+    ///
+    /// This runs on its own timer rather than after a failed renewal: on a link that freezes
+    /// without a reset, a renewal only fails when the client's response timeout ends, which
+    /// can be after the lease itself.
+    async fn fence(self: Arc<Self>) {
+        let margin = self.config.lease / 6;
+        loop {
+            tokio::time::sleep(FENCE_CHECK).await;
+            let deadline = *lock(&self.renewed_at) + self.config.lease - margin;
+            if Instant::now() < deadline {
+                continue;
+            }
+            let ids: Vec<String> = lock(&self.running)
+                .iter()
+                .filter(|(_, job)| !job.abort.is_aborted())
+                .map(|(id, _)| id.clone())
+                .collect();
+            if !ids.is_empty() {
+                tracing::error!(jobs = ids.len(), "Redis unreachable; stopping all guests");
                 self.abort_jobs(&ids, LEASE_LOST);
             }
         }

@@ -1,6 +1,6 @@
-//! Helpers shared by the process-level tests (`serve.rs`, `tenants.rs`): a [`Cli`] that runs
-//! `wasm-runner` commands against a private Redis, as any tenant; a [`Worker`] that is a real
-//! `wasm-runner serve` process; and a bounded [`wait_for`].
+//! Helpers shared by the process-level tests (`serve.rs`, `tenants.rs`, `chaos.rs`): a [`Cli`]
+//! that runs `wasm-runner` commands against a private Redis, as any tenant; a [`Worker`] that is
+//! a real `wasm-runner serve` process; and a bounded [`wait_for`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use serde_json::Value;
 
-use wasm_runner::queue::{DEFAULT_QUEUE, DEFAULT_TENANT};
+use wasm_runner::queue::{
+    DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_QUEUE, DEFAULT_TENANT, EnqueueRequest, JobView,
+};
 use wasm_runner_tests::{TestRedis, guest};
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_wasm-runner");
@@ -50,19 +52,67 @@ impl Cli {
 
     /// Fails when this tenant's default queue is inconsistent (see `Queue::check_invariants`).
     pub(crate) fn assert_consistent(&self) -> anyhow::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let problems = runtime.block_on(async {
-            let queue = wasm_runner::queue::Queue::open(&self.url, self.tenant()).await?;
-            queue.check_invariants(DEFAULT_QUEUE).await
-        })?;
+        let problems =
+            self.with_queue(async |queue| queue.check_invariants(DEFAULT_QUEUE).await)?;
         ensure!(
             problems.is_empty(),
             "queue of tenant `{}` inconsistent: {problems:#?}",
             self.tenant()
         );
         Ok(())
+    }
+
+    /// Runs `work` on this tenant's queue handle, in process, on a runtime of its own: for the
+    /// bulk reads and writes that would take a process per job through the CLI.
+    fn with_queue<T>(
+        &self,
+        work: impl AsyncFnOnce(wasm_runner::queue::Queue) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let queue = wasm_runner::queue::Queue::open(&self.url, self.tenant()).await?;
+            work(queue).await
+        })
+    }
+
+    /// Enqueues one job of `task` per payload on the default queue, in process and in batches
+    /// (thousands of `enqueue` processes would take minutes), and returns their ids in order.
+    #[allow(dead_code, reason = "only `chaos.rs` enqueues in bulk")]
+    pub(crate) fn enqueue_many(
+        &self,
+        task: &str,
+        payloads: &[String],
+    ) -> anyhow::Result<Vec<String>> {
+        let requests: Vec<EnqueueRequest> = payloads
+            .iter()
+            .map(|payload| EnqueueRequest::new(task, payload.as_bytes()))
+            .collect();
+        let enqueued = self.with_queue(async |queue| {
+            queue
+                .enqueue_batch(DEFAULT_QUEUE, &requests, DEFAULT_MAX_PAYLOAD_BYTES)
+                .await
+        })?;
+        ensure!(
+            enqueued.iter().all(|job| job.created),
+            "an enqueue returned an existing job"
+        );
+        Ok(enqueued.into_iter().map(|job| job.id).collect())
+    }
+
+    /// Jobs `ids` of the default queue with their attempt records, read in process; a job that
+    /// does not exist is an error.
+    #[allow(dead_code, reason = "only `chaos.rs` reads jobs in bulk")]
+    pub(crate) fn job_views(&self, ids: &[String]) -> anyhow::Result<Vec<JobView>> {
+        self.with_queue(async |queue| {
+            let mut views = Vec::with_capacity(ids.len());
+            for id in ids {
+                let view = queue.job(DEFAULT_QUEUE, id).await?;
+                views.push(view.with_context(|| format!("job {id} does not exist"))?);
+            }
+            Ok(views)
+        })
     }
 
     pub(crate) fn command(&self, args: &[&str]) -> Command {
@@ -163,17 +213,31 @@ pub(crate) struct Worker {
     pub(crate) id: String,
     child: Child,
     log: tempfile::NamedTempFile,
+    /// Whether dropping the worker prints the tail of its log; off once a test took the log.
+    print_tail: bool,
 }
 
 impl Worker {
     /// Starts a worker with id `id`, no disk cache, and `flags`.
     pub(crate) fn start(cli: &Cli, id: &str, flags: &[&str]) -> anyhow::Result<Self> {
+        Worker::start_with_env(cli, id, flags, &[])
+    }
+
+    /// Starts a worker as [`Worker::start`] does, with environment variables `env` set on top
+    /// (they win over the defaults, e.g. `RUST_LOG`, which is `info` otherwise).
+    pub(crate) fn start_with_env(
+        cli: &Cli,
+        id: &str,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let log = tempfile::NamedTempFile::new()?;
         let mut args = vec!["serve", "--worker-id", id, "--no-cache"];
         args.extend_from_slice(flags);
-        let child = cli
-            .command(&args)
-            .env("RUST_LOG", "info")
+        let mut command = cli.command(&args);
+        command.env("RUST_LOG", "info");
+        command.envs(env.iter().copied());
+        let child = command
             .stdout(Stdio::null())
             .stderr(log.reopen()?)
             .spawn()
@@ -182,7 +246,17 @@ impl Worker {
             id: id.to_owned(),
             child,
             log,
+            print_tail: true,
         })
+    }
+
+    /// Kills the worker with SIGKILL, as a crash would, and returns its whole log. The caller
+    /// keeps the log, so dropping the worker does not print it.
+    #[allow(dead_code, reason = "only `chaos.rs` keeps the logs of killed workers")]
+    pub(crate) fn kill_for_log(mut self) -> anyhow::Result<String> {
+        self.kill()?;
+        self.print_tail = false;
+        Ok(self.log())
     }
 
     pub(crate) fn signal(&self, signal: &str) -> anyhow::Result<()> {
@@ -220,6 +294,9 @@ impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !self.print_tail {
+            return;
+        }
         let log = self.log();
         let lines: Vec<&str> = log.lines().collect();
         let tail = &lines[lines.len().saturating_sub(60)..];
