@@ -772,3 +772,105 @@ async fn wait_succeeded_at_least(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Sandbox abuse at the worker: guests that try to escape, spin, eat memory (linearly and
+/// exponentially), overflow the stack, panic, and flood stdout, stderr and the log run in one
+/// worker next to 200 ordinary jobs.
+///
+/// Pass: every abusive job ends with the outcome its abuse deserves (contained and
+/// classified: `timed_out`, `memory_limit`, `trap`, `ok` with every escape probe denied and
+/// output bounded), every ordinary job succeeds, and the worker is still serving afterwards.
+/// How long the ordinary jobs took with and without the abusers next to them is printed; it is
+/// a figure, not an assertion, since the machine is shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abusive_guests_are_contained_and_the_worker_keeps_serving() -> anyhow::Result<()> {
+    let redis = TestRedis::start()?;
+    let queue = Queue::open(&redis.url(), "default").await?;
+    upload(&queue, "hello", "example-hello", one_attempt()).await;
+    let abusers: [(&str, &str, &str); 8] = [
+        ("spin", "example-spin", "timed_out"),
+        ("hog", "example-hog", "memory_limit"),
+        ("balloon", "guest-balloon", "memory_limit"),
+        ("stack", "guest-stack-overflow", "trap"),
+        ("panic", "example-panic", "trap"),
+        ("escape", "guest-escape", "ok"),
+        ("chatty", "guest-chatty", "ok"),
+        ("flood", "guest-log-flood", "ok"),
+    ];
+    for (task, package, _) in abusers {
+        // Only `spin` needs its timeout to end; the others must end for their own reasons.
+        let timeout_ms = if task == "spin" { 1_000 } else { 30_000 };
+        let defaults = TaskDefaults {
+            policy: one_attempt(),
+            timeout_ms,
+            memory_bytes: 32 << 20,
+        };
+        queue.upload(task, &guest_bytes(package), &defaults).await?;
+    }
+    let worker = Worker::start(&redis, Duration::from_secs(5), 4);
+
+    // The ordinary jobs alone first, for the comparison, then again beside the abusers.
+    let alone = run_hellos(&queue, 200).await?;
+    let mut abusive_ids = Vec::new();
+    for (task, _, expected) in abusers {
+        let id = queue
+            .enqueue(QUEUE, &EnqueueRequest::new(task, "{}"), 1024)
+            .await?
+            .id;
+        abusive_ids.push((task, id, expected));
+    }
+    let beside = run_hellos(&queue, 200).await?;
+
+    for (task, id, expected) in &abusive_ids {
+        let job = wait_for_end(&queue, id).await?;
+        let outcome = &job.attempts[0].outcome;
+        assert_eq!(outcome["class"], *expected, "{task}: {outcome}");
+        if *task == "escape" {
+            let report: serde_json::Value =
+                serde_json::from_str(job.result.as_deref().context("escape has a result")?)?;
+            for (probe, value) in report.as_object().context("escape reports an object")? {
+                // Listing arguments and the environment works, and must find nothing.
+                let denied = value["ok"] == false || value["value"]["count"] == 0;
+                assert!(denied, "probe {probe} got something: {value}");
+            }
+        }
+    }
+    eprintln!(
+        "200 ordinary jobs took {} ms alone and {} ms beside 8 abusive guests",
+        alone.as_millis(),
+        beside.as_millis()
+    );
+    run_hellos(&queue, 10).await?;
+    assert!(worker.is_running(), "the worker stopped");
+    worker.stop().await?;
+    assert_consistent(&queue).await
+}
+
+/// Enqueues `count` hello jobs and waits for all to succeed; returns how long that took.
+async fn run_hellos(queue: &Queue, count: usize) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let requests: Vec<EnqueueRequest> = (0..count)
+        .map(|i| EnqueueRequest::new("hello", format!(r#"{{"name": "n{i}"}}"#)))
+        .collect();
+    let ids = queue.enqueue_batch(QUEUE, &requests, 1024).await?;
+    for enqueued in &ids {
+        let job = wait_for_end(queue, &enqueued.id).await?;
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    }
+    Ok(started.elapsed())
+}
+
+/// Polls a job until it has succeeded or failed, within a minute.
+async fn wait_for_end(queue: &Queue, id: &str) -> anyhow::Result<JobView> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = queue.job(QUEUE, id).await?.context("job exists")?;
+        if matches!(job.state, JobState::Succeeded | JobState::Failed) {
+            return Ok(job);
+        }
+        if Instant::now() > deadline {
+            bail!("job {id} is still {:?} after a minute", job.state);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -308,6 +308,7 @@ async fn sandbox_denies_files_env_and_sockets() {
         "list_root_dir",
         "list_current_dir",
         "write_tmp_file",
+        "spawn_process",
         "env_home",
         "tcp_connect",
         "resolve_host",

@@ -25,6 +25,7 @@ fn run(_ctx: &Context, _payload: Vec<u8>) -> Result<Vec<u8>, TaskError> {
         "tcp_connect": probe(TcpStream::connect("127.0.0.1:6379").map(|s| peer_of(&s))),
         "resolve_host": probe(resolve("example.com:80")),
         "write_tmp_file": probe(write_file("/tmp/x")),
+        "spawn_process": probe(spawn("/bin/sh")),
     });
     json::to_vec(&report)
 }
@@ -34,6 +35,16 @@ fn probe<T: Into<Value>, E: Display>(result: Result<T, E>) -> Value {
         Ok(value) => json!({ "ok": true, "value": value.into() }),
         Err(err) => json!({ "ok": false, "error": err.to_string() }),
     }
+}
+
+/// Starts a shell and reports its exit status: a sandbox that allowed it would let a task run
+/// anything on the worker's machine.
+fn spawn(program: &str) -> std::io::Result<String> {
+    let status = std::process::Command::new(program)
+        .arg("-c")
+        .arg("true")
+        .status()?;
+    Ok(status.to_string())
 }
 
 fn read_excerpt(path: &str) -> std::io::Result<String> {
