@@ -319,6 +319,55 @@ impl TestRedisCluster {
             .context("CLUSTER KEYSLOT reply")
     }
 
+    /// Picks one queue name of tenant `tenant` per master, each one's keys (hash tag
+    /// `{tenant/queue}`) living on that master, in the order of the nodes in [`Self::url`]: so
+    /// that a test on these queues uses every node.
+    ///
+    /// # Errors
+    ///
+    /// When a node does not answer, or no names among the first thousand cover every node.
+    pub fn queues_on_every_node(&self, tenant: &str) -> anyhow::Result<Vec<String>> {
+        let mut picked: Vec<Option<String>> = vec![None; self.ports.len()];
+        for n in 0..1000 {
+            let name = format!("q{n}");
+            let node = self.node_of(&format!("wr:{{{tenant}/{name}}}:ready"))?;
+            picked[node].get_or_insert(name);
+            if picked.iter().all(Option::is_some) {
+                return Ok(picked.into_iter().flatten().collect());
+            }
+        }
+        bail!("no queue names of tenant `{tenant}` found for every node: {picked:?}")
+    }
+
+    /// The index (in [`Self::url`]'s order) of the master that holds `key`.
+    ///
+    /// Asks the first node whether the key exists: a node that does not own the key's slot
+    /// answers with a `MOVED` redirection naming the owner, which is exact whatever slot
+    /// ranges `redis-cli --cluster create` chose.
+    fn node_of(&self, key: &str) -> anyhow::Result<usize> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.ports[0]))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let request = format!("*2\r\n$6\r\nEXISTS\r\n${}\r\n{key}\r\n", key.len());
+        stream.write_all(request.as_bytes())?;
+        let mut reply = [0u8; 128];
+        let n = stream.read(&mut reply)?;
+        let text = String::from_utf8_lossy(&reply[..n]);
+        let owner = match text.trim().strip_prefix("-MOVED ") {
+            // `-MOVED <slot> <host>:<port>`.
+            Some(moved) => moved
+                .rsplit(':')
+                .next()
+                .and_then(|port| port.parse::<u16>().ok())
+                .with_context(|| format!("unexpected redirection for `{key}`: {text:?}"))?,
+            None if text.starts_with(':') => self.ports[0],
+            None => bail!("unexpected reply to EXISTS `{key}`: {text:?}"),
+        };
+        self.ports
+            .iter()
+            .position(|&port| port == owner)
+            .with_context(|| format!("`{key}` lives on port {owner}, not a node of this cluster"))
+    }
+
     fn is_ready(&self) -> bool {
         self.ports.iter().all(|port| {
             let redis = NodeProbe(*port);

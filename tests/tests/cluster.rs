@@ -5,29 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use wasm_runner::queue::{EnqueueRequest, JobState, Queue, TaskDefaults};
+use wasm_runner::queue::{DEFAULT_TENANT, EnqueueRequest, JobState, Queue, TaskDefaults};
 use wasm_runner::runtime::{EngineOptions, Executor};
 use wasm_runner::scheduler::{Backoff, RetryPolicy};
 use wasm_runner::worker::{WorkerConfig, serve};
 use wasm_runner_tests::{TestRedisCluster, guest_bytes};
-
-/// Picks one queue name whose keys live on each third of the slot space, which
-/// `redis-cli --cluster create` gives to a different master each.
-fn queues_on_every_node(cluster: &TestRedisCluster) -> anyhow::Result<Vec<String>> {
-    let mut picked: [Option<String>; 3] = Default::default();
-    for n in 0..1000 {
-        let name = format!("q{n}");
-        let slot = cluster.keyslot(&format!("wr:{{default/{name}}}:ready"))?;
-        let third = usize::from(slot) * 3 / 16384;
-        if picked[third].is_none() {
-            picked[third] = Some(name);
-        }
-        if picked.iter().all(Option::is_some) {
-            return Ok(picked.into_iter().flatten().collect());
-        }
-    }
-    bail!("no queue names found for every node")
-}
 
 async fn wait_for_succeeded(queue: &Queue, name: &str, count: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -52,7 +34,7 @@ async fn wait_for_succeeded(queue: &Queue, name: &str, count: u64) -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queues_on_a_cluster_drain_and_retry() -> anyhow::Result<()> {
     let cluster = TestRedisCluster::start()?;
-    let queues = queues_on_every_node(&cluster)?;
+    let queues = cluster.queues_on_every_node(DEFAULT_TENANT)?;
     let queue = Queue::open(&cluster.url(), "default").await?;
     let defaults = |policy| TaskDefaults {
         policy,

@@ -30,10 +30,12 @@ pub(crate) struct Cli {
 
 impl Cli {
     pub(crate) fn new(redis: &TestRedis) -> Self {
-        Cli {
-            url: redis.url(),
-            tenant: None,
-        }
+        Cli::for_url(redis.url())
+    }
+
+    /// Commands against the Redis at `url`, e.g. a `cluster:` URL of a `TestRedisCluster`.
+    pub(crate) fn for_url(url: String) -> Self {
+        Cli { url, tenant: None }
     }
 
     /// The same commands, run as tenant `name` (through `WASM_RUNNER_TENANT`).
@@ -52,11 +54,15 @@ impl Cli {
 
     /// Fails when this tenant's default queue is inconsistent (see `Queue::check_invariants`).
     pub(crate) fn assert_consistent(&self) -> anyhow::Result<()> {
-        let problems =
-            self.with_queue(async |queue| queue.check_invariants(DEFAULT_QUEUE).await)?;
+        self.assert_consistent_on(DEFAULT_QUEUE)
+    }
+
+    /// Fails when this tenant's queue `name` is inconsistent (see `Queue::check_invariants`).
+    pub(crate) fn assert_consistent_on(&self, name: &str) -> anyhow::Result<()> {
+        let problems = self.with_queue(async |queue| queue.check_invariants(name).await)?;
         ensure!(
             problems.is_empty(),
-            "queue of tenant `{}` inconsistent: {problems:#?}",
+            "queue `{name}` of tenant `{}` inconsistent: {problems:#?}",
             self.tenant()
         );
         Ok(())
@@ -85,13 +91,24 @@ impl Cli {
         task: &str,
         payloads: &[String],
     ) -> anyhow::Result<Vec<String>> {
+        self.enqueue_many_on(DEFAULT_QUEUE, task, payloads)
+    }
+
+    /// As [`Cli::enqueue_many`], on queue `name`.
+    #[allow(dead_code, reason = "only `chaos.rs` enqueues in bulk")]
+    pub(crate) fn enqueue_many_on(
+        &self,
+        name: &str,
+        task: &str,
+        payloads: &[String],
+    ) -> anyhow::Result<Vec<String>> {
         let requests: Vec<EnqueueRequest> = payloads
             .iter()
             .map(|payload| EnqueueRequest::new(task, payload.as_bytes()))
             .collect();
         let enqueued = self.with_queue(async |queue| {
             queue
-                .enqueue_batch(DEFAULT_QUEUE, &requests, DEFAULT_MAX_PAYLOAD_BYTES)
+                .enqueue_batch(name, &requests, DEFAULT_MAX_PAYLOAD_BYTES)
                 .await
         })?;
         ensure!(
@@ -105,11 +122,18 @@ impl Cli {
     /// does not exist is an error.
     #[allow(dead_code, reason = "only `chaos.rs` reads jobs in bulk")]
     pub(crate) fn job_views(&self, ids: &[String]) -> anyhow::Result<Vec<JobView>> {
+        self.job_views_on(DEFAULT_QUEUE, ids)
+    }
+
+    /// As [`Cli::job_views`], on queue `name`.
+    #[allow(dead_code, reason = "only `chaos.rs` reads jobs in bulk")]
+    pub(crate) fn job_views_on(&self, name: &str, ids: &[String]) -> anyhow::Result<Vec<JobView>> {
         self.with_queue(async |queue| {
             let mut views = Vec::with_capacity(ids.len());
             for id in ids {
-                let view = queue.job(DEFAULT_QUEUE, id).await?;
-                views.push(view.with_context(|| format!("job {id} does not exist"))?);
+                let view = queue.job(name, id).await?;
+                let view = view.with_context(|| format!("job {id} does not exist in `{name}`"))?;
+                views.push(view);
             }
             Ok(views)
         })
@@ -157,9 +181,21 @@ impl Cli {
     }
 
     pub(crate) fn upload(&self, name: &str, package: &str) -> anyhow::Result<()> {
+        self.upload_with(name, package, &[])
+    }
+
+    /// Uploads as [`Cli::upload`] does, with `flags` (e.g. a retry policy) added.
+    pub(crate) fn upload_with(
+        &self,
+        name: &str,
+        package: &str,
+        flags: &[&str],
+    ) -> anyhow::Result<()> {
         let path = guest(package);
         let path = path.to_str().context("guest path is not UTF-8")?;
-        self.run(&["upload", path, "--name", name])?;
+        let mut args = vec!["upload", path, "--name", name];
+        args.extend_from_slice(flags);
+        self.run(&args)?;
         Ok(())
     }
 
@@ -187,18 +223,36 @@ impl Cli {
 
     /// How many jobs the default queue holds in each state.
     pub(crate) fn counts(&self) -> anyhow::Result<HashMap<String, u64>> {
-        let stats = self.json(&["stats", "--json"])?;
-        let counts = stats[0]["counts"]
-            .as_array()
-            .context("`stats --json` has no counts")?;
-        counts
-            .iter()
-            .map(|pair| {
+        self.counts_in(&[DEFAULT_QUEUE])
+    }
+
+    /// How many jobs queues `names` hold in each state, summed over the queues: one `stats`
+    /// process for all of them, so a polling loop stays cheap.
+    pub(crate) fn counts_in(&self, names: &[&str]) -> anyhow::Result<HashMap<String, u64>> {
+        let mut args = vec!["stats", "--json"];
+        for name in names {
+            args.extend(["--queue", name]);
+        }
+        let stats = self.json(&args)?;
+        let stats = stats.as_array().context("`stats --json` is not an array")?;
+        ensure!(
+            stats.len() == names.len(),
+            "`stats --json` shows {} queues, not {}",
+            stats.len(),
+            names.len()
+        );
+        let mut sums: HashMap<String, u64> = HashMap::new();
+        for queue in stats {
+            let counts = queue["counts"]
+                .as_array()
+                .context("`stats --json` has no counts")?;
+            for pair in counts {
                 let state = pair[0].as_str().context("a count has no state")?;
                 let n = pair[1].as_u64().context("a count has no number")?;
-                Ok((state.to_owned(), n))
-            })
-            .collect()
+                *sums.entry(state.to_owned()).or_default() += n;
+            }
+        }
+        Ok(sums)
     }
 
     pub(crate) fn count(&self, state: &str) -> anyhow::Result<u64> {
