@@ -238,6 +238,10 @@ impl<'a> Fleet<'a> {
     }
 }
 
+/// The latest a job cut off by a kill may start again: the 2 s lease plus a 4 s margin for a
+/// loaded machine (runs here: 2.0 s typical, 4.0 s the worst seen).
+const RESTART_BOUND_MS: u64 = 6_000;
+
 /// **T1, kill -9 storm.** Three workers drain `CHAOS_JOBS` (default 6,000: 25 to 50 s and 12
 /// to 25 kills on a shared two-core machine) ledger jobs on the default queue of one Redis,
 /// under the kills of [`Storm::run`], whose pass criteria it checks.
@@ -314,11 +318,12 @@ impl Storm<'_> {
     ///   only after a lease was lost, and every lost lease is on record;
     /// - no two executions of one job overlap in time (a killed worker's execution counts as
     ///   running until the kill);
+    /// - every job a kill interrupted started again within [`RESTART_BOUND_MS`] of the kill
+    ///   (the lease plus a wide margin for a loaded machine);
     /// - every queue is consistent (`Queue::check_invariants`).
     ///
-    /// Measured and printed, not asserted, as they depend on the machine's load: the drain
-    /// time and the longest time from a kill until every job it interrupted started again
-    /// (the plan's bound is lease + reaper + 1 s).
+    /// Measured and printed: the drain time, and the mean and longest time from a kill until
+    /// a job it interrupted started again (the plan's bound is lease + reaper + 1 s).
     fn run(&self) -> anyhow::Result<Vec<(String, String)>> {
         const WORKERS: usize = 3;
         const KILL_EVERY: Duration = Duration::from_secs(2);
@@ -502,6 +507,14 @@ impl Storm<'_> {
             mean_restart,
         );
         ensure!(!kills.is_empty(), "the drain ended before the first kill");
+        // Orphans restart once their lease runs out and a worker's next fetch comes, about the
+        // lease itself (2 s) here. The margin is wide because this machine is shared: the point
+        // is that an orphan is not left to a much later sweep, not a precise figure.
+        ensure!(
+            max_restart <= RESTART_BOUND_MS,
+            "a cut-off job restarted {max_restart} ms after its kill, past the {RESTART_BOUND_MS} \
+             ms bound (lease 2 s + margin)"
+        );
         for name in &names {
             cli.assert_consistent_on(name)?;
         }
