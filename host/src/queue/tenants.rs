@@ -1,7 +1,7 @@
 //! The tenant registry: who the tenants are, their quotas, and their API tokens.
 //!
 //! A token is shown once, when it is made; Redis keeps only its sha256, so a copy of the
-//! database does not hand out access. The tenant named [`DEFAULT_TENANT`](super::DEFAULT_TENANT)
+//! database does not hand out access. The tenant named [`DEFAULT_TENANT`]
 //! exists without being created, with default quotas and no token, so a single-user setup
 //! needs no tenant commands at all; creating it gives it a token and quotas like any other.
 
