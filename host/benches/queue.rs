@@ -24,7 +24,6 @@ use wasm_runner::worker::{WorkerConfig, serve};
 use wasm_runner_tests::{TestRedis, guest_bytes};
 
 const QUEUE: &str = "default";
-const CONCURRENCY: usize = 8;
 const INTERVALS_MS: [u64; 2] = [1000, 2000];
 
 fn arg(args: &[String], name: &str, default: usize) -> anyhow::Result<usize> {
@@ -69,6 +68,32 @@ fn command_counts(redis: &TestRedis) -> anyhow::Result<(u64, u64)> {
     Ok((scripts, all))
 }
 
+/// The commands that cost Redis the most CPU: (name, calls, total µs), most expensive first.
+fn costliest_commands(redis: &TestRedis, top: usize) -> anyhow::Result<Vec<(String, u64, u64)>> {
+    let stats = info(redis, "commandstats")?;
+    let field = |value: &str, name: &str| -> u64 {
+        value
+            .split(',')
+            .find_map(|field| field.strip_prefix(name))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut costs: Vec<(String, u64, u64)> = stats
+        .iter()
+        .filter_map(|(name, value)| {
+            let command = name.strip_prefix("cmdstat_")?;
+            Some((
+                command.to_owned(),
+                field(value, "calls="),
+                field(value, "usec="),
+            ))
+        })
+        .collect();
+    costs.sort_by_key(|(_, _, usec)| std::cmp::Reverse(*usec));
+    costs.truncate(top);
+    Ok(costs)
+}
+
 fn redis_cpu_seconds(redis: &TestRedis) -> anyhow::Result<f64> {
     let cpu = info(redis, "cpu")?;
     let field = |name: &str| -> f64 { cpu.get(name).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
@@ -108,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let jobs = arg(&args, "--jobs", 20_000)?;
     let retry_jobs = arg(&args, "--retry-jobs", 500)?;
+    let concurrency = arg(&args, "--concurrency", 8)?;
 
     let redis = TestRedis::start()?;
     let queue = Queue::open(&redis.url(), "default").await?;
@@ -138,7 +164,7 @@ async fn main() -> anyhow::Result<()> {
     // Start the worker first so it has compiled nothing yet but is connected; the first job of
     // each task pays for compiling it, as in production.
     let executor = Arc::new(Executor::new(EngineOptions {
-        max_concurrent: CONCURRENCY as u32,
+        max_concurrent: concurrency as u32,
         ..EngineOptions::default()
     })?);
     redis.command(&["CONFIG", "RESETSTAT"])?;
@@ -155,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
     let enqueue_time = started.elapsed();
 
     let config = WorkerConfig {
-        concurrency: CONCURRENCY,
+        concurrency,
         worker_id: "bench".into(),
         ..WorkerConfig::new(redis.url())
     };
@@ -174,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
     let drain_time = started.elapsed();
     let (scripts, commands) = command_counts(&redis)?;
     let cpu = redis_cpu_seconds(&redis)? - cpu_before;
+    let costliest = costliest_commands(&redis, 12)?;
 
     // Retry lateness. The jobs are enqueued 5 ms apart, as a steady stream, so what is measured
     // is how late the scheduler starts a due retry, not how long a burst of retries that all
@@ -203,7 +230,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = stop.send(());
     worker.await??;
 
-    println!("queue bench: {jobs} hello jobs, 1 worker (concurrency {CONCURRENCY}), one Redis");
+    println!("queue bench: {jobs} hello jobs, 1 worker (concurrency {concurrency}), one Redis");
     println!();
     println!("| measure | value |");
     println!("|---|---|");
@@ -234,5 +261,18 @@ async fn main() -> anyhow::Result<()> {
         percentile(&lateness, 0.99),
         lateness.last().copied().unwrap_or(0),
     );
+    println!();
+    println!("Costliest Redis commands over enqueue + drain (a script's time includes the");
+    println!("commands it runs, which are also listed on their own):");
+    println!();
+    println!("| command | calls per job | µs per job |");
+    println!("|---|---|---|");
+    for (command, calls, usec) in costliest {
+        println!(
+            "| {command} | {:.2} | {:.1} |",
+            calls as f64 / jobs as f64,
+            usec as f64 / jobs as f64
+        );
+    }
     Ok(())
 }

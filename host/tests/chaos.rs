@@ -154,10 +154,13 @@ fn check_no_overlap(
 /// Checks that queue `name` holds `succeeded` succeeded jobs and nothing else.
 fn check_drained(cli: &Cli, name: &str, succeeded: usize) -> anyhow::Result<()> {
     let counts = cli.counts_in(&[name])?;
-    ensure!(
-        counts.get("succeeded").copied() == Some(succeeded as u64),
-        "not all {succeeded} jobs of queue `{name}` succeeded: {counts:?}"
-    );
+    if counts.get("succeeded").copied() != Some(succeeded as u64) {
+        // Say why: the failed jobs with their attempts, as `wasm-runner jobs` shows them.
+        let failed = cli
+            .run(&["jobs", "--queue", name, "--state", "failed", "--json"])
+            .unwrap_or_default();
+        bail!("not all {succeeded} jobs of queue `{name}` succeeded: {counts:?}\n{failed}");
+    }
     for state in ["queued", "scheduled", "running", "failed"] {
         ensure!(
             counts.get(state).copied() == Some(0),

@@ -369,6 +369,63 @@ fn jobs_of_an_empty_state_is_empty() -> anyhow::Result<()> {
 
 /// Bad input to the queue commands is refused with a usage error that says what is wrong, an
 /// unreachable Redis with a host error, and nothing is written for a refused request.
+/// `enqueue --batch` adds one job per non-blank line, across several script calls and
+/// pipelines, and prints their ids in order; a bad line stops it with the line's number and
+/// how many jobs went in before it, and nothing after it is added.
+#[test]
+fn enqueue_batch_adds_one_job_per_line() -> anyhow::Result<()> {
+    let redis = TestRedis::start()?;
+    let cli = Cli::new(&redis);
+    cli.upload("hello", "example-hello")?;
+    let dir = tempfile::tempdir()?;
+
+    // 2,345 jobs: more than one 1,000-line chunk, and chunks that are not whole script calls.
+    let jobs = 2345;
+    let mut lines: Vec<String> = (0..jobs)
+        .map(|n| format!(r#"{{"name": "n{n}"}}"#))
+        .collect();
+    lines.insert(7, "   ".to_owned());
+    let good = dir.path().join("good.jsonl");
+    std::fs::write(&good, lines.join("\n"))?;
+    let out = cli.run(&[
+        "enqueue",
+        "hello",
+        "--batch",
+        good.to_str().context("path")?,
+    ])?;
+    let ids: Vec<&str> = out.lines().collect();
+    assert_eq!(ids.len(), jobs, "one id per job");
+    assert_eq!(
+        ids.iter().collect::<BTreeSet<_>>().len(),
+        jobs,
+        "ids are distinct"
+    );
+    assert_eq!(cli.count("queued")?, jobs as u64);
+    let last = cli.job(ids[jobs - 1])?;
+    assert_eq!(last["state"], "queued", "{last:#}");
+
+    // Line 1,502 is not JSON: the first chunk of 1,000 went in, the second did not.
+    let mut lines: Vec<String> = (0..2000).map(|n| format!("{n}")).collect();
+    lines[1501] = "{not json".to_owned();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, lines.join("\n"))?;
+    assert_refused(
+        &cli,
+        &["enqueue", "hello", "--batch", bad.to_str().context("path")?],
+        EXIT_USAGE,
+        "line 1502 of",
+    )?;
+    assert_refused(
+        &cli,
+        &["enqueue", "hello", "--batch", bad.to_str().context("path")?],
+        EXIT_USAGE,
+        "1000 jobs before it were enqueued",
+    )?;
+    // Two refused runs, each after its first chunk of 1,000.
+    assert_eq!(cli.count("queued")?, jobs as u64 + 2000);
+    cli.assert_consistent()
+}
+
 #[test]
 fn queue_commands_reject_bad_input() -> anyhow::Result<()> {
     let redis = TestRedis::start()?;

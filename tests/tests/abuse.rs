@@ -145,7 +145,8 @@ async fn wait_for(
 
 /// How many job hashes of the default queue exist in Redis.
 fn job_hashes(redis: &TestRedis) -> anyhow::Result<i64> {
-    // `KEYS` is fine on a private test server; the pattern leaves out the attempt lists.
+    // `KEYS` is fine on a private test server; keys below a job's (none are made today) are
+    // left out.
     let reply = redis.command(&[
         "EVAL",
         "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do \

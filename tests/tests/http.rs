@@ -885,10 +885,11 @@ async fn odd_path_segments_and_queries_are_4xx_never_5xx() -> anyhow::Result<()>
     // Every odd request is tried, and every wrong answer listed at the end.
     let mut failures = Vec::new();
 
-    // Ids that are not job ids, including one that names another key of a job: its attempt
-    // list, which every job that ran has (made here directly rather than by running one).
+    // Ids that are not job ids, including one that names another key beside a job's hash
+    // (made here directly: ids with a colon are never issued).
     let job = &targets.job;
-    let attempts = wasm_runner::queue::QueueKeys::new(&a.name, QUEUE).attempts(job);
+    let attempts =
+        wasm_runner::queue::QueueKeys::new(&a.name, QUEUE).job(&format!("{job}:attempts"));
     let pushed = world.redis.command(&["RPUSH", &attempts, "{}"])?;
     assert_eq!(pushed.trim(), ":1", "RPUSH {attempts}");
     let odd_ids = [

@@ -323,14 +323,14 @@ async fn stale_worker_cannot_record_an_outcome() -> anyhow::Result<()> {
 
     let lease = Duration::from_millis(200);
     let stale = queue
-        .fetch(QUEUE, "worker-a", lease, 1)
+        .fetch(QUEUE, "worker-a", lease, 1, true)
         .await?
         .jobs
         .remove(0);
     assert_eq!(stale.attempt, 1);
     tokio::time::sleep(lease + Duration::from_millis(100)).await;
     let fresh = queue
-        .fetch(QUEUE, "worker-b", lease * 10, 1)
+        .fetch(QUEUE, "worker-b", lease * 10, 1, true)
         .await?
         .jobs
         .remove(0);
@@ -390,14 +390,14 @@ async fn job_that_keeps_losing_its_worker_fails() -> anyhow::Result<()> {
 
     let lease = Duration::from_millis(100);
     for loss in 0..wasm_runner::queue::MAX_WORKER_LOSSES {
-        let fetched = queue.fetch(QUEUE, "doomed", lease, 1).await?;
+        let fetched = queue.fetch(QUEUE, "doomed", lease, 1, true).await?;
         assert_eq!(fetched.jobs.len(), 1, "leased again after {loss} losses");
         tokio::time::sleep(lease + Duration::from_millis(50)).await;
     }
     // This fetch recovers the last expired lease and fails the job instead of leasing it.
     assert!(
         queue
-            .fetch(QUEUE, "doomed", lease, 1)
+            .fetch(QUEUE, "doomed", lease, 1, true)
             .await?
             .jobs
             .is_empty()
@@ -555,12 +555,18 @@ async fn worker_stops_a_guest_whose_lease_is_lost() -> anyhow::Result<()> {
     let id = enqueue(&queue, "slow", r#"{"ms": 20000}"#).await;
     let running = wait_for(&queue, &id, JobState::Running, Duration::from_secs(20)).await?;
 
-    // Another party takes the lease over: the token no longer matches the worker's.
+    // Another party takes the lease over: the worker's lease `<id>|<token>` leaves the running
+    // set, and a new one, with the next token, runs out shortly.
     redis.command(&[
-        "HINCRBY",
+        "EVAL",
+        "local t = redis.call('HINCRBY', KEYS[1], 'token', 1) \
+         local now = redis.call('TIME') \
+         redis.call('ZREM', KEYS[2], ARGV[1] .. '|' .. (t - 1)) \
+         redis.call('ZADD', KEYS[2], now[1] * 1000 + 900, ARGV[1] .. '|' .. t) return t",
+        "2",
         &format!("wr:{{default/{QUEUE}}}:job:{id}"),
-        "token",
-        "1",
+        &format!("wr:{{default/{QUEUE}}}:running"),
+        &id,
     ])?;
 
     // Had the guest kept running, the worker's only slot would stay busy for 20 s and the

@@ -85,6 +85,12 @@ pub struct ServeCommand {
     /// guests by up to ~60%, so it is off unless asked for.
     #[arg(long)]
     fuel_metering: bool,
+
+    /// The most job outcomes written to Redis in one call. Outcomes that end while the
+    /// previous call is in flight share the next one, so a busy worker spends far less than
+    /// one round trip per job; nothing ever waits to fill a batch.
+    #[arg(long, default_value_t = crate::worker::DEFAULT_FINISH_BATCH, value_name = "N")]
+    finish_batch: usize,
 }
 
 impl ServeCommand {
@@ -99,6 +105,12 @@ impl ServeCommand {
             return Err(usage(format!(
                 "concurrency {} is out of range; use 1 to 1024",
                 self.concurrency
+            )));
+        }
+        if !(1..=1000).contains(&self.finish_batch) {
+            return Err(usage(format!(
+                "finish batch {} is out of range; use 1 to 1000",
+                self.finish_batch
             )));
         }
         if self.lease < Duration::from_millis(300) {
@@ -134,6 +146,7 @@ impl ServeCommand {
             worker_id: self.worker_id.clone().unwrap_or(defaults.worker_id.clone()),
             succeeded_retention: self.succeeded_retention,
             failed_retention: self.failed_retention,
+            finish_batch: self.finish_batch,
             ..defaults
         };
         let executor = Arc::new(executor);

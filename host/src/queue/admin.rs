@@ -119,7 +119,6 @@ impl Queue {
             .scripts
             .cancel
             .key(keys.job(id))
-            .key(keys.attempts(id))
             .key(keys.ready())
             .key(keys.scheduled())
             .key(keys.running())

@@ -3,6 +3,7 @@
 //! Every script and pipeline wasm-runner sends touches keys of a single hash tag (see
 //! [`keys`](super::keys)), so on a cluster each one goes to the one node that owns the slot.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -149,8 +150,19 @@ impl Conn {
     }
 }
 
+/// Requests sent to Redis by this process: one per command or pipeline, whatever it holds.
+static ROUND_TRIPS: AtomicU64 = AtomicU64::new(0);
+
+/// How many requests (single commands or whole pipelines) this process has sent to Redis
+/// through a [`Conn`] so far. A worker reports it at shutdown, so the round trips it spends
+/// per job can be measured from outside.
+pub fn round_trips() -> u64 {
+    ROUND_TRIPS.load(Ordering::Relaxed)
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
         match self {
             Conn::Single(conn) => conn.req_packed_command(cmd),
             Conn::Cluster(conn) => conn.req_packed_command(cmd),
@@ -163,6 +175,7 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
+        ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
         match self {
             Conn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),

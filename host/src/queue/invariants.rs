@@ -38,6 +38,8 @@ impl Queue {
         ] {
             let ids: Vec<String> = conn.zrange(key, 0, -1).await?;
             for id in ids {
+                // Running jobs are listed by lease, `<id>|<token>`.
+                let id = super::lease_job_id(&id).to_owned();
                 listed.entry(id).or_default().push(state);
             }
         }
@@ -61,7 +63,6 @@ impl Queue {
             hashes.extend(
                 batch
                     .into_iter()
-                    .filter(|key| !key.ends_with(":attempts"))
                     .filter_map(|key| key.rsplit_once(":job:").map(|(_, id)| id.to_owned())),
             );
             cursor = next;

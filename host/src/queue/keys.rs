@@ -15,11 +15,11 @@
 //! wr:{tenants}:epoch                   STRING random marker; gone or changed = data was lost
 //! wr:{acme/default}:ready              LIST   job ids ready to run, oldest first
 //! wr:{acme/default}:scheduled          ZSET   job id -> due time (ms): delayed jobs and retries
-//! wr:{acme/default}:running            ZSET   job id -> lease deadline (ms)
+//! wr:{acme/default}:running            ZSET   lease `<job id>|<token>` -> lease deadline (ms)
 //! wr:{acme/default}:failed             ZSET   job id -> time it failed (ms)
 //! wr:{acme/default}:succeeded          ZSET   job id -> time it succeeded (ms)
-//! wr:{acme/default}:job:<id>           HASH   the job: task, payload, policy, state, result
-//! wr:{acme/default}:job:<id>:attempts  LIST   one JSON record per finished attempt
+//! wr:{acme/default}:job:<id>           HASH   the job: task, payload, policy, state, result,
+//!                                             and `run:<token>` -> each attempt's record
 //! wr:{acme/default}:idem:<key>         STRING idempotency key -> job id
 //! wr:{acme/default}:workers            ZSET   worker id -> last heartbeat (ms)
 //! wr:{acme/default}:wake               LIST   a token per enqueue, to wake idle workers
@@ -176,11 +176,6 @@ impl QueueKeys {
         format!("{}:job:{id}", self.tag)
     }
 
-    /// One job's attempt records.
-    pub fn attempts(&self, id: &str) -> String {
-        format!("{}:job:{id}:attempts", self.tag)
-    }
-
     /// An idempotency key's job id.
     pub fn idempotency(&self, key: &str) -> String {
         format!("{}:idem:{key}", self.tag)
@@ -221,7 +216,6 @@ mod tests {
             keys.failed(),
             keys.succeeded(),
             keys.job("j1"),
-            keys.attempts("j1"),
             keys.idempotency("k"),
             keys.workers(),
             keys.wake(),

@@ -28,8 +28,8 @@ pub use admin::Canceled;
 pub use conn::{Conn, Target};
 pub use keys::{QueueKeys, TenantKeys, check_name};
 pub use model::{
-    AttemptRecord, Completion, EnqueueRequest, Enqueued, Fetched, JobState, JobSummary, JobView,
-    LeasedJob, QueueStats, TaskCounts, TaskDefaults, TaskVersion,
+    AttemptRecord, Completion, EnqueueRequest, Enqueued, Fetched, Finished, JobState, JobSummary,
+    JobView, LeasedJob, QueueStats, TaskCounts, TaskDefaults, TaskVersion,
 };
 use refusal::redis_failure;
 pub use refusal::{RedisFull, Refusal};
@@ -382,18 +382,13 @@ impl Queue {
 
         let mut conn = self.conn.clone();
         let mut enqueued = Vec::with_capacity(jobs.len());
-        if let [job] = jobs.as_slice() {
-            let (created, id): (i64, String) = job
-                .invocation(&self.scripts.enqueue, &keys)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|err| {
-                    redis_failure(err, format!("failed to enqueue a `{}` job", job.task))
-                })?;
-            enqueued.push(Enqueued {
-                id,
-                created: created == 1,
-            });
+        if jobs.len() <= ENQUEUE_SCRIPT_BATCH {
+            let replies: Vec<(i64, String)> =
+                enqueue_invocation(&self.scripts.enqueue, &keys, &jobs)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|err| redis_failure(err, enqueue_failure(&jobs)))?;
+            enqueued.extend(replies.into_iter().map(Enqueued::from_reply));
             return Ok(enqueued);
         }
         // A pipeline does not reload a script Redis has lost, so load it first.
@@ -403,28 +398,28 @@ impl Queue {
             .load_async(&mut conn)
             .await
             .context("failed to load the enqueue script")?;
-        for chunk in jobs.chunks(ENQUEUE_PIPELINE) {
-            let invocations: Vec<_> = chunk
-                .iter()
-                .map(|job| job.invocation(&self.scripts.enqueue, &keys))
+        for round in jobs.chunks(ENQUEUE_SCRIPT_BATCH * ENQUEUE_PIPELINE) {
+            let invocations: Vec<_> = round
+                .chunks(ENQUEUE_SCRIPT_BATCH)
+                .map(|chunk| enqueue_invocation(&self.scripts.enqueue, &keys, chunk))
                 .collect();
             let mut pipe = redis::pipe();
             for invocation in &invocations {
                 pipe.invoke_script(invocation);
             }
-            let results: Vec<(i64, String)> = pipe.query_async(&mut conn).await.map_err(|err| {
-                redis_failure(err, "failed to enqueue a batch of jobs".to_owned())
-            })?;
-            enqueued.extend(results.into_iter().map(|(created, id)| Enqueued {
-                id,
-                created: created == 1,
-            }));
+            let replies: Vec<Vec<(i64, String)>> =
+                pipe.query_async(&mut conn).await.map_err(|err| {
+                    redis_failure(err, "failed to enqueue a batch of jobs".to_owned())
+                })?;
+            enqueued.extend(replies.into_iter().flatten().map(Enqueued::from_reply));
         }
         Ok(enqueued)
     }
 
     /// Leases up to `max` jobs from `queue` to `worker` for `lease`, after recovering expired
-    /// leases and promoting due jobs.
+    /// leases and promoting due jobs. With `housekeeping`, the same call also records the
+    /// worker's heartbeat and drops jobs past the queue's retention; a worker asks for it
+    /// about once a second (and again at once while [`Fetched::more_expired`] says so).
     ///
     /// # Errors
     ///
@@ -435,9 +430,10 @@ impl Queue {
         worker: &str,
         lease: Duration,
         max: usize,
+        housekeeping: bool,
     ) -> anyhow::Result<Fetched> {
         let keys = self.queue_keys(queue)?;
-        let (jobs, next_due, _now): (Vec<Vec<Value>>, i64, i64) = self
+        let (jobs, next_due, now, more_expired): (Vec<Vec<Value>>, i64, u64, i64) = self
             .scripts
             .fetch
             .key(keys.ready())
@@ -453,16 +449,18 @@ impl Queue {
             .arg(MAX_WORKER_LOSSES)
             .arg(SUCCEEDED_RETENTION.as_millis() as u64)
             .arg(FAILED_RETENTION.as_millis() as u64)
+            .arg(if housekeeping { "1" } else { "0" })
             .invoke_async(&mut self.conn.clone())
             .await
             .with_context(|| format!("failed to fetch jobs from queue `{queue}`"))?;
         let jobs = jobs
             .into_iter()
-            .map(parse_leased)
+            .map(|values| parse_leased(values, now))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Fetched {
             jobs,
             next_due: u64::try_from(next_due).ok().map(Duration::from_millis),
+            more_expired: more_expired == 1,
         })
     }
 
@@ -508,36 +506,86 @@ impl Queue {
         outcome: &serde_json::Value,
         record: &AttemptRecord,
     ) -> anyhow::Result<bool> {
-        let keys = self.queue_keys(queue)?;
-        let (decision, delay, charged, result): (&str, Duration, bool, &[u8]) = match completion {
-            Completion::Succeed { result } => ("succeed", Duration::ZERO, true, result),
-            Completion::Retry { delay, charged } => ("retry", *delay, *charged, &[]),
-            Completion::Fail => ("fail", Duration::ZERO, true, &[]),
-            Completion::Release => ("release", Duration::ZERO, false, &[]),
+        let finished = Finished {
+            id: job.id.clone(),
+            token: job.token,
+            completion: completion.clone(),
+            outcome: outcome.to_string(),
+            record: serde_json::to_string(record)?,
+            started_at_ms: job.leased_at_ms,
+            task: job.task.clone(),
         };
-        let written: i64 = self
-            .scripts
-            .finish
-            .key(keys.job(&job.id))
-            .key(keys.attempts(&job.id))
+        let written = self
+            .finish_many(queue, std::slice::from_ref(&finished))
+            .await?;
+        Ok(written.first().copied().unwrap_or(false))
+    }
+
+    /// Records how many attempts on `queue` ended, in one script call, and returns for each
+    /// whether it was written (false: the lease was no longer the caller's, and nothing was
+    /// written for that job). A worker batches the attempts that end while its previous call
+    /// is in flight, so under load it pays far less than one round trip per job.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails; then nothing of the batch was written.
+    pub async fn finish_many(&self, queue: &str, batch: &[Finished]) -> anyhow::Result<Vec<bool>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = self.queue_keys(queue)?;
+        let mut invocation = self.scripts.finish.prepare_invoke();
+        invocation
             .key(keys.running())
             .key(keys.ready())
             .key(keys.scheduled())
             .key(keys.failed())
             .key(keys.succeeded())
             .key(keys.wake())
-            .arg(&job.id)
-            .arg(job.token)
-            .arg(decision)
-            .arg(delay.as_millis() as u64)
-            .arg(if charged { "1" } else { "0" })
-            .arg(result)
-            .arg(outcome.to_string())
-            .arg(serde_json::to_string(record)?)
+            .arg(keys.prefix());
+        for finished in batch {
+            let (decision, delay, charged, result): (&str, Duration, bool, &[u8]) =
+                match &finished.completion {
+                    Completion::Succeed { result } => ("succeed", Duration::ZERO, true, result),
+                    Completion::Retry { delay, charged } => ("retry", *delay, *charged, &[]),
+                    Completion::Fail => ("fail", Duration::ZERO, true, &[]),
+                    Completion::Release => ("release", Duration::ZERO, false, &[]),
+                };
+            if !finished.record.ends_with('}') {
+                bail!(
+                    "the attempt record of job {} is not a JSON object",
+                    finished.id
+                );
+            }
+            invocation
+                .arg(&finished.id)
+                .arg(finished.token)
+                .arg(decision)
+                .arg(delay.as_millis() as u64)
+                .arg(if charged { "1" } else { "0" })
+                .arg(result)
+                .arg(&finished.outcome)
+                .arg(&finished.record)
+                .arg(finished.started_at_ms)
+                .arg(&finished.task);
+        }
+        let written: Vec<i64> = invocation
             .invoke_async(&mut self.conn.clone())
             .await
-            .with_context(|| format!("failed to record the outcome of job {}", job.id))?;
-        Ok(written == 1)
+            .with_context(|| {
+                format!(
+                    "failed to record the outcome of {} job(s) on queue `{queue}`",
+                    batch.len()
+                )
+            })?;
+        if written.len() != batch.len() {
+            bail!(
+                "the finish script answered for {} of {} jobs",
+                written.len(),
+                batch.len()
+            );
+        }
+        Ok(written.into_iter().map(|w| w == 1).collect())
     }
 
     /// Sets how long `queue` keeps succeeded and failed jobs; `None` leaves a setting as it
@@ -635,10 +683,8 @@ impl Queue {
     pub async fn job(&self, queue: &str, id: &str) -> anyhow::Result<Option<JobView>> {
         let keys = self.queue_keys(queue)?;
         let mut conn = self.conn.clone();
-        let (fields, attempts): (Vec<(String, Vec<u8>)>, Vec<String>) = redis::pipe()
+        let fields: Vec<(String, Vec<u8>)> = conn
             .hgetall(keys.job(id))
-            .lrange(keys.attempts(id), 0, -1)
-            .query_async(&mut conn)
             .await
             .with_context(|| format!("failed to read job {id}"))?;
         if fields.is_empty() {
@@ -673,10 +719,7 @@ impl Queue {
             result: result.map(|bytes| String::from_utf8_lossy(bytes).into_owned()),
             result_bytes: result.map(Vec::len),
             payload_bytes: fields.get("payload").map_or(0, Vec::len),
-            attempts: attempts
-                .iter()
-                .filter_map(|json| serde_json::from_str(json).ok())
-                .collect(),
+            attempts: attempt_records(&fields),
         }))
     }
 
@@ -709,7 +752,13 @@ impl Queue {
         let ids: Vec<String> = match state {
             JobState::Queued => conn.lrange(keys.ready(), 0, end).await,
             JobState::Scheduled => conn.zrange(keys.scheduled(), 0, end).await,
-            JobState::Running => conn.zrange(keys.running(), 0, end).await,
+            JobState::Running => {
+                conn.zrange(keys.running(), 0, end)
+                    .await
+                    .map(|leases: Vec<String>| {
+                        leases.iter().map(|m| lease_job_id(m).to_owned()).collect()
+                    })
+            }
             JobState::Succeeded => conn.zrevrange(keys.succeeded(), 0, end).await,
             JobState::Failed => conn.zrevrange(keys.failed(), 0, end).await,
         }
@@ -818,6 +867,25 @@ impl Queue {
 }
 
 /// Groups the `<task>|<state>` counters by task, skipping zeros and unknown states.
+/// The attempt records kept in a job's hash, oldest first. Each lease writes its record
+/// under `run:<lease token>`, and tokens only grow.
+fn attempt_records(fields: &HashMap<String, Vec<u8>>) -> Vec<AttemptRecord> {
+    let mut runs: Vec<(u64, AttemptRecord)> = fields
+        .iter()
+        .filter_map(|(name, json)| {
+            let token = name.strip_prefix("run:")?.parse().ok()?;
+            Some((token, serde_json::from_slice(json).ok()?))
+        })
+        .collect();
+    runs.sort_by_key(|(token, _)| *token);
+    runs.into_iter().map(|(_, record)| record).collect()
+}
+
+/// The job id of a lease, the running set's member `<id>|<token>`.
+pub(crate) fn lease_job_id(member: &str) -> &str {
+    member.rsplit_once('|').map_or(member, |(id, _)| id)
+}
+
 fn task_counts(fields: Vec<(String, i64)>) -> Vec<TaskCounts> {
     let mut by_task: std::collections::BTreeMap<String, Vec<(JobState, u64)>> = Default::default();
     for (field, count) in fields {
@@ -843,8 +911,36 @@ fn task_counts(fields: Vec<(String, i64)>) -> Vec<TaskCounts> {
         .collect()
 }
 
-/// How many enqueue calls go into one pipeline.
-const ENQUEUE_PIPELINE: usize = 500;
+/// How many jobs one enqueue script call adds. Big enough that the call's own cost is shared
+/// by many jobs, small enough that one call holds Redis for well under a millisecond.
+const ENQUEUE_SCRIPT_BATCH: usize = 100;
+/// How many enqueue script calls go into one pipeline.
+const ENQUEUE_PIPELINE: usize = 10;
+
+/// The enqueue script call for `jobs` (see `lua/enqueue.lua` for the protocol).
+fn enqueue_invocation<'s>(
+    script: &'s Script,
+    keys: &QueueKeys,
+    jobs: &[PreparedJob<'_>],
+) -> redis::ScriptInvocation<'s> {
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(keys.ready())
+        .key(keys.scheduled())
+        .key(keys.wake())
+        .arg(keys.prefix());
+    for job in jobs {
+        job.add_args(&mut invocation);
+    }
+    invocation
+}
+
+fn enqueue_failure(jobs: &[PreparedJob<'_>]) -> String {
+    match jobs {
+        [job] => format!("failed to enqueue a `{}` job", job.task),
+        _ => format!("failed to enqueue a batch of {} jobs", jobs.len()),
+    }
+}
 
 /// One checked enqueue request, ready to send.
 struct PreparedJob<'a> {
@@ -912,41 +1008,28 @@ impl<'a> PreparedJob<'a> {
         })
     }
 
-    /// The enqueue script call for this job (see `lua/enqueue.lua` for the protocol).
-    fn invocation<'s>(&self, script: &'s Script, keys: &QueueKeys) -> redis::ScriptInvocation<'s> {
-        let job_key = keys.job(&self.id);
+    /// Appends this job's arguments to an enqueue script call (see `lua/enqueue.lua`).
+    fn add_args(&self, invocation: &mut redis::ScriptInvocation<'_>) {
         let (idem_key, idem_ttl) = match &self.idempotency {
-            Some((key, ttl)) => (key.clone(), *ttl),
-            None => (job_key.clone(), 0),
+            Some((key, ttl)) => (key.as_str(), *ttl),
+            None => ("", 0),
         };
-        let mut invocation = script.prepare_invoke();
         invocation
-            .key(job_key)
-            .key(keys.ready())
-            .key(keys.scheduled())
-            .key(idem_key)
-            .key(keys.wake())
             .arg(&self.id)
             .arg(self.delay_ms)
             .arg(self.at_ms)
+            .arg(idem_key)
             .arg(idem_ttl)
-            .arg("task")
             .arg(self.task)
-            .arg("digest")
             .arg(&self.digest)
-            .arg("payload")
             .arg(self.payload)
-            .arg("policy")
             .arg(&self.policy_json)
-            .arg("timeout_ms")
             .arg(self.timeout_ms)
-            .arg("memory_bytes")
             .arg(self.memory_bytes);
-        invocation
     }
 }
 
-fn parse_leased(values: Vec<Value>) -> anyhow::Result<LeasedJob> {
+fn parse_leased(values: Vec<Value>, leased_at_ms: u64) -> anyhow::Result<LeasedJob> {
     let mut values = values.into_iter();
     let mut next = |what: &str| {
         values
@@ -979,5 +1062,6 @@ fn parse_leased(values: Vec<Value>) -> anyhow::Result<LeasedJob> {
         policy,
         timeout: Duration::from_millis(timeout_ms),
         memory_bytes,
+        leased_at_ms,
     })
 }

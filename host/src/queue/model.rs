@@ -137,6 +137,16 @@ pub struct Enqueued {
     pub created: bool,
 }
 
+impl Enqueued {
+    /// From the enqueue script's `{created, id}` reply.
+    pub(crate) fn from_reply((created, id): (i64, String)) -> Self {
+        Enqueued {
+            id,
+            created: created == 1,
+        }
+    }
+}
+
 /// A job a worker holds the lease of.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeasedJob {
@@ -160,6 +170,9 @@ pub struct LeasedJob {
     pub timeout: Duration,
     /// Memory limit for the attempt, in bytes.
     pub memory_bytes: u64,
+    /// When the lease began, on the Redis server's clock (ms since the epoch); recorded as
+    /// the attempt's start.
+    pub leased_at_ms: u64,
 }
 
 /// What a worker got from one fetch.
@@ -169,6 +182,29 @@ pub struct Fetched {
     pub jobs: Vec<LeasedJob>,
     /// How long until the next scheduled job is due, if any is.
     pub next_due: Option<Duration>,
+    /// Whether the retention pass of a housekeeping fetch stopped at its per-call limit, so
+    /// the next fetch should do housekeeping again.
+    pub more_expired: bool,
+}
+
+/// One ended attempt, ready to be recorded by [`Queue::finish_many`](super::Queue::finish_many).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    /// The job's id.
+    pub id: String,
+    /// The lease token the attempt ran under.
+    pub token: u64,
+    /// How the job moves on.
+    pub completion: Completion,
+    /// The attempt's outcome, as JSON text.
+    pub outcome: String,
+    /// The attempt record as a JSON object, without its start and end times (zero values are
+    /// left out when serialized), which the script adds.
+    pub record: String,
+    /// When the lease began ([`LeasedJob::leased_at_ms`]).
+    pub started_at_ms: u64,
+    /// The job's task, for the per-task counts.
+    pub task: String,
 }
 
 /// How a finished attempt moves its job on.
@@ -200,10 +236,10 @@ pub struct AttemptRecord {
     /// The worker that ran it.
     pub worker: String,
     /// When it started and ended (Redis server time, ms since the epoch).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub started_at_ms: u64,
     /// When it ended.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub ended_at_ms: u64,
     /// How long the task itself ran (instantiate and call), in ms. The span from start to end
     /// also includes fetching and, on a worker's first job of a task, compiling it.
@@ -217,6 +253,10 @@ pub struct AttemptRecord {
     /// The end of the task's log and stderr.
     #[serde(default)]
     pub log_tail: String,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// A job as `wasm-runner job` shows it.

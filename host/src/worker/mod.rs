@@ -5,10 +5,12 @@
 //! script checks the lease token), but a job whose worker dies or loses Redis mid-attempt runs
 //! again elsewhere once the lease expires, so its side effects may happen twice.
 
+mod finisher;
 mod served;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -19,11 +21,12 @@ use tracing::Instrument as _;
 use crate::config::Limits;
 use crate::job::JobContext;
 use crate::queue::{
-    AttemptRecord, Completion, Conn, DEFAULT_QUEUE, DEFAULT_TENANT, LeasedJob, Queue, QueueKeys,
-    Refusal, Registry,
+    AttemptRecord, Completion, Conn, DEFAULT_QUEUE, DEFAULT_TENANT, Finished, LeasedJob, Queue,
+    QueueKeys, Refusal, Registry,
 };
 use crate::runtime::{AbortHandle, Executor, RunReport, TaskComponent};
 use crate::scheduler::{self, Decision};
+use finisher::Finisher;
 use served::Served;
 
 /// How much of a job's log is kept with each attempt record.
@@ -43,6 +46,12 @@ const LISTEN_WAIT: Duration = Duration::from_millis(500);
 const CAPPED_RETRY: Duration = Duration::from_millis(50);
 /// How often the fence checks the time since the last successful renewal.
 const FENCE_CHECK: Duration = Duration::from_millis(50);
+/// How often a fetch also beats the worker's heartbeat and applies the queue's retention.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The default most outcomes per finish call: large enough to carry a busy worker's outcomes
+/// in a handful of calls per millisecond, small enough that one call is quick for Redis.
+pub const DEFAULT_FINISH_BATCH: usize = 128;
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -69,6 +78,9 @@ pub struct WorkerConfig {
     pub succeeded_retention: Option<Duration>,
     /// If set, how long the served queues keep failed jobs (stored with each queue).
     pub failed_retention: Option<Duration>,
+    /// The most outcomes recorded by one finish call. Outcomes that end while a call is in
+    /// flight share the next one, up to this many.
+    pub finish_batch: usize,
 }
 
 impl WorkerConfig {
@@ -90,6 +102,7 @@ impl WorkerConfig {
             worker_id: format!("{host}-{}", std::process::id()),
             succeeded_retention: None,
             failed_retention: None,
+            finish_batch: DEFAULT_FINISH_BATCH,
         }
     }
 }
@@ -123,6 +136,15 @@ struct Worker {
     epoch: Mutex<Option<String>>,
     /// When the last fully successful lease renewal started (see `fence`).
     renewed_at: Mutex<Instant>,
+    /// When each served queue (tenant, queue) last had a housekeeping fetch; a queue missing
+    /// here is due one.
+    housekept: Mutex<HashMap<(String, String), Instant>>,
+    /// Writes outcomes in batches.
+    finisher: Finisher,
+    /// Outcomes written (attempts whose end was recorded), for the shutdown summary.
+    recorded: AtomicU64,
+    /// Jobs started and not yet done with: running, or having their outcome written.
+    in_flight: AtomicUsize,
     wake: Notify,
 }
 
@@ -174,6 +196,7 @@ pub async fn serve(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     };
+    let (finisher, write_outcomes) = Finisher::new(config.finish_batch);
     let worker = Arc::new(Worker {
         registry: Registry::new(conn.clone()),
         conn,
@@ -185,6 +208,10 @@ pub async fn serve(
         fuel_warned: Mutex::new(HashSet::new()),
         epoch: Mutex::new(None),
         renewed_at: Mutex::new(Instant::now()),
+        housekept: Mutex::new(HashMap::new()),
+        finisher,
+        recorded: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
         wake: Notify::new(),
     });
     let slots = Arc::new(Semaphore::new(worker.config.concurrency));
@@ -210,6 +237,7 @@ pub async fn serve(
         "worker started"
     );
     let mut background = tokio::task::JoinSet::new();
+    background.spawn(write_outcomes);
     background.spawn(worker.clone().renew_leases());
     background.spawn(worker.clone().fence());
     background.spawn(worker.clone().keep_refreshing(slots.clone()));
@@ -268,7 +296,12 @@ pub async fn serve(
     );
     worker.drain(&slots).await;
     background.abort_all();
-    tracing::info!(worker = %worker.config.worker_id, "shutdown finished");
+    tracing::info!(
+        worker = %worker.config.worker_id,
+        jobs = worker.recorded.load(Ordering::Relaxed),
+        redis_round_trips = crate::queue::conn::round_trips(),
+        "shutdown finished"
+    );
     Ok(())
 }
 
@@ -431,12 +464,29 @@ impl Worker {
                 if share == 0 {
                     break;
                 }
+                let key = (tenant.clone(), queue.clone());
+                let housekeeping = lock(&self.housekept)
+                    .get(&key)
+                    .is_none_or(|at| at.elapsed() >= HOUSEKEEPING_INTERVAL);
                 let fetched = match step
                     .tenant
-                    .fetch(queue, &self.config.worker_id, self.config.lease, share)
+                    .fetch(
+                        queue,
+                        &self.config.worker_id,
+                        self.config.lease,
+                        share,
+                        housekeeping,
+                    )
                     .await
                 {
-                    Ok(fetched) => fetched,
+                    Ok(fetched) => {
+                        if fetched.more_expired {
+                            lock(&self.housekept).remove(&key);
+                        } else if housekeeping {
+                            lock(&self.housekept).insert(key, Instant::now());
+                        }
+                        fetched
+                    }
                     Err(err) => {
                         tracing::warn!(
                             tenant = %tenant,
@@ -512,9 +562,19 @@ impl Worker {
             queue = %queue,
             attempt = job.attempt,
         );
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(
             async move {
-                worker.run_job(&tenant, &queue, job, abort).await;
+                let ended = worker.run_job(&tenant, &job, abort).await;
+                // The guest is gone, so its slot takes the next job while this outcome is
+                // written: fetching and running overlap with recording.
+                drop(permit);
+                worker.wake.notify_one();
+                if let Some((report, completion)) = ended {
+                    worker
+                        .record(&tenant, &queue, &job, &report, &completion)
+                        .await;
+                }
                 if let Some(slot) = slot
                     && let Err(err) = tenant.give_slots(&[slot]).await
                 {
@@ -522,7 +582,7 @@ impl Worker {
                         "cannot give back the tenant slot; it expires with the lease");
                 }
                 lock(&worker.served).uncap(tenant.tenant());
-                drop(permit);
+                worker.in_flight.fetch_sub(1, Ordering::SeqCst);
                 worker.wake.notify_one();
             }
             .instrument(span),
@@ -562,8 +622,14 @@ impl Worker {
         }
     }
 
-    /// Runs one leased job and records its outcome.
-    async fn run_job(&self, tenant: &Queue, queue: &str, job: LeasedJob, abort: AbortHandle) {
+    /// Runs one leased job, and returns its report and what to record, or `None` when nothing
+    /// is to be recorded (the lease was lost, or the job was canceled).
+    async fn run_job(
+        &self,
+        tenant: &Queue,
+        job: &LeasedJob,
+        abort: AbortHandle,
+    ) -> Option<(RunReport, Completion)> {
         let mut unrunnable = false;
         let report = match self.component(tenant, &job.digest).await {
             Ok(component) => {
@@ -574,7 +640,7 @@ impl Worker {
                     task_name: job.task.clone(),
                     tenant: tenant.tenant().to_owned(),
                 };
-                let limits = self.limits_for(tenant, &job);
+                let limits = self.limits_for(tenant, job);
                 self.executor
                     .run_abortable(&component, &ctx, &job.payload, &limits, &abort)
                     .await
@@ -591,21 +657,21 @@ impl Worker {
             Some(LEASE_LOST) => {
                 // Another worker may hold the job now; whatever this attempt did is not recorded.
                 tracing::warn!(job_id = %job.id, "lease lost; attempt abandoned");
-                return;
+                return None;
             }
             Some(CANCELED) => {
                 // The cancel already moved the job to the failed set and fenced this lease.
                 tracing::info!(job_id = %job.id, "job canceled; guest stopped");
-                return;
+                return None;
             }
             _ => {}
         }
         let completion = if unrunnable {
             Completion::Fail
         } else {
-            completion_for(&job, &report, abort.is_aborted())
+            completion_for(job, &report, abort.is_aborted())
         };
-        self.record(tenant, queue, &job, &report, &completion).await;
+        Some((report, completion))
     }
 
     /// Writes the outcome, retrying Redis errors until the lease would have run out: past that,
@@ -619,6 +685,7 @@ impl Worker {
         completion: &Completion,
     ) {
         let outcome = serde_json::to_value(&report.outcome).unwrap_or_default();
+        let decision = describe_completion(completion);
         let record = AttemptRecord {
             attempt: job.attempt,
             worker: self.config.worker_id.clone(),
@@ -626,17 +693,30 @@ impl Worker {
             ended_at_ms: 0,
             run_ms: report.elapsed.as_millis() as u64,
             outcome: outcome.clone(),
-            decision: describe_completion(completion),
+            decision,
             log_tail: log_tail(report),
+        };
+        let finished = Finished {
+            id: job.id.clone(),
+            token: job.token,
+            completion: completion.clone(),
+            outcome: outcome.to_string(),
+            record: match serde_json::to_string(&record) {
+                Ok(text) => text,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot encode the attempt record");
+                    return;
+                }
+            },
+            started_at_ms: job.leased_at_ms,
+            task: job.task.clone(),
         };
         let give_up = Instant::now() + self.config.lease;
         let mut backoff = MIN_BACKOFF;
         loop {
-            match tenant
-                .finish(queue, job, completion, &outcome, &record)
-                .await
-            {
+            match self.finisher.finish(tenant, queue, finished.clone()).await {
                 Ok(true) => {
+                    self.recorded.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         outcome = report.outcome.name(),
                         decision = %record.decision,
@@ -883,17 +963,22 @@ impl Worker {
     async fn drain(&self, slots: &Arc<Semaphore>) {
         let all = self.config.concurrency as u32;
         let finished = tokio::time::timeout(self.config.grace, slots.acquire_many(all)).await;
-        if finished.is_ok() {
-            return;
+        if finished.is_err() {
+            let ids: Vec<String> = lock(&self.running).keys().cloned().collect();
+            tracing::warn!(
+                jobs = ids.len(),
+                "grace period over; releasing running jobs"
+            );
+            self.abort_jobs(&ids, SHUTDOWN);
+            let _ = slots.acquire_many(all).await;
         }
-        let ids: Vec<String> = lock(&self.running).keys().cloned().collect();
-        tracing::warn!(
-            jobs = ids.len(),
-            "grace period over; releasing running jobs"
-        );
-        self.abort_jobs(&ids, SHUTDOWN);
-        // Each stopped job records its release before giving its slot back.
-        let _ = slots.acquire_many(all).await;
+
+        // Every guest has stopped; wait for their outcomes (and releases) to be written. The
+        // writes give up once a lease has passed, so this wait is bounded too.
+        let deadline = Instant::now() + self.config.lease + Duration::from_secs(1);
+        while self.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 

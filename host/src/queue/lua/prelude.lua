@@ -21,3 +21,42 @@ local function count_move(prefix, task, from, to)
     redis.call('HINCRBY', prefix .. 'counts', task .. '|' .. to, 1)
   end
 end
+
+-- Batched form of `count_move` for scripts that move many jobs: `tally(t, task, from, to)`
+-- adds to the table `t`, and `apply_tally(prefix, t)` writes one HINCRBY per changed count
+-- instead of two per job.
+local function tally(t, task, from, to)
+  if not task then
+    return
+  end
+  if from then
+    local field = task .. '|' .. from
+    t[field] = (t[field] or 0) - 1
+  end
+  if to then
+    local field = task .. '|' .. to
+    t[field] = (t[field] or 0) + 1
+  end
+end
+
+local function apply_tally(prefix, t)
+  for field, delta in pairs(t) do
+    if delta ~= 0 then
+      redis.call('HINCRBY', prefix .. 'counts', field, delta)
+    end
+  end
+end
+
+-- Wakes up to `n` idle workers (one token each). The list is capped so it cannot grow while
+-- no worker is listening.
+local function wake(key, n)
+  if n <= 0 then
+    return
+  end
+  local tokens = {}
+  for i = 1, math.min(n, 16) do
+    tokens[i] = '1'
+  end
+  redis.call('RPUSH', key, unpack(tokens))
+  redis.call('LTRIM', key, -64, -1)
+end
