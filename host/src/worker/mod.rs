@@ -717,12 +717,23 @@ impl Worker {
             match self.finisher.finish(tenant, queue, finished.clone()).await {
                 Ok(true) => {
                     self.recorded.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        outcome = report.outcome.name(),
-                        decision = %record.decision,
-                        elapsed_ms = report.elapsed.as_millis() as u64,
-                        "attempt recorded"
-                    );
+                    // A success is routine: at tens of thousands of jobs a second a line per
+                    // job would cost more than the job. Retries and failures are worth a line.
+                    if matches!(completion, Completion::Succeed { .. }) {
+                        tracing::debug!(
+                            outcome = report.outcome.name(),
+                            decision = %record.decision,
+                            elapsed_ms = report.elapsed.as_millis() as u64,
+                            "attempt recorded"
+                        );
+                    } else {
+                        tracing::info!(
+                            outcome = report.outcome.name(),
+                            decision = %record.decision,
+                            elapsed_ms = report.elapsed.as_millis() as u64,
+                            "attempt recorded"
+                        );
+                    }
                     return;
                 }
                 Ok(false) => {
