@@ -1,4 +1,7 @@
--- Shared prelude of every script.
+#!lua
+-- Shared prelude of every script. The shebang line above declares the script with flags (none),
+-- so Redis refuses it whole, before its first command, while it is at `maxmemory`; a script
+-- without one would run until its first write that needs memory and stop there, half done.
 
 -- The Redis server's clock in milliseconds. Scripts never trust a worker's clock, so skew
 -- between machines cannot move retries or leases.
