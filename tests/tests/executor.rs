@@ -69,6 +69,48 @@ async fn hello_greets_and_logs() {
     assert!(!report.log.records.is_empty(), "hello logs a record");
 }
 
+/// `noop` succeeds with an empty result whatever its payload, and leaves nothing in the log.
+#[tokio::test]
+async fn noop_succeeds_with_an_empty_result() {
+    let executor = executor();
+    let task = load(&executor, "example-noop");
+    for payload in [&b""[..], b"{}", b"not json at all"] {
+        let report = executor
+            .run(&task, &context(1), payload, &Limits::default())
+            .await;
+        assert_eq!(report.outcome, Outcome::Ok, "log: {:?}", report.log);
+        assert_eq!(report.output.as_deref(), Some(&b""[..]));
+        assert!(report.log.records.is_empty());
+        assert!(report.log.stdout.is_empty() && report.log.stderr.is_empty());
+    }
+}
+
+/// No attempt can read memory an earlier attempt wrote, although every attempt here reuses the
+/// same pool slot.
+#[tokio::test]
+async fn memory_is_fresh_for_every_attempt() {
+    // One slot, so each attempt gets the memory the previous one used.
+    let executor = Executor::new(EngineOptions {
+        max_concurrent: 1,
+        ..EngineOptions::default()
+    })
+    .expect("executor starts");
+    let task = load(&executor, "guest-residue");
+    let limits = Limits::default();
+    for round in 0..3 {
+        let written = executor
+            .run(&task, &context(1), br#"{"write": true}"#, &limits)
+            .await;
+        let written = output_json(&written);
+        assert_eq!(written["found"], 0, "round {round}: {written}");
+        // The guest sees its own marker, so a 0 below is not a blind count.
+        assert_eq!(written["after_write"], 1 << 20, "round {round}");
+
+        let read = executor.run(&task, &context(2), b"{}", &limits).await;
+        assert_eq!(output_json(&read)["found"], 0, "round {round}");
+    }
+}
+
 /// `flaky` fails transiently on attempts 1 and 2 and succeeds on attempt 3.
 #[tokio::test]
 async fn flaky_succeeds_on_the_third_attempt() {
