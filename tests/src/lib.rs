@@ -6,6 +6,7 @@
 //! - [`all_guests`]: every guest package that was built, for the test that checks each is used.
 //! - [`TestRedis`]: a private `redis-server` on a free loopback port, killed on drop.
 //! - [`TestRedisCluster`]: a private three-master Redis Cluster on loopback.
+//! - [`wat`]: task components written in the text format, for abuse Rust guests cannot express.
 
 use std::path::PathBuf;
 
@@ -14,6 +15,7 @@ pub mod ledger;
 pub mod openapi;
 pub mod proxy;
 mod redis;
+pub mod wat;
 
 pub use redis::{TestRedis, TestRedisCluster};
 

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use wasm_runner::queue::{
-    DEFAULT_MAX_PAYLOAD_BYTES, EnqueueRequest, JobState, JobView, Queue, Refusal, TaskDefaults,
+    DEFAULT_MAX_PAYLOAD_BYTES, EnqueueRequest, JobState, JobView, Queue, Quotas, Refusal, Registry,
+    TaskDefaults, connect,
 };
 use wasm_runner::runtime::{EngineOptions, Executor};
 use wasm_runner::scheduler::{Backoff, RetryPolicy};
 use wasm_runner::worker::{WorkerConfig, serve};
-use wasm_runner_tests::{TestRedis, guest_bytes};
+use wasm_runner_tests::{TestRedis, guest_bytes, wat};
 
 const QUEUE: &str = "default";
 /// The key prefix of the default tenant's default queue (see docs/queue.md).
@@ -775,55 +776,102 @@ async fn wait_succeeded_at_least(
 }
 
 /// Sandbox abuse at the worker: guests that try to escape, spin, eat memory (linearly and
-/// exponentially), overflow the stack, panic, and flood stdout, stderr and the log run in one
-/// worker next to 200 ordinary jobs.
+/// exponentially), overflow the stack, panic, grow a table without end, flood stdout, stderr
+/// and the log, and loop forever writing output or calling the host, all from one tenant
+/// (`mallory`, running-jobs cap 2) on a worker of 4 slots that also serves 200 ordinary jobs
+/// of the default tenant.
 ///
 /// Pass: every abusive job ends with the outcome its abuse deserves (contained and
 /// classified: `timed_out`, `memory_limit`, `trap`, `ok` with every escape probe denied and
-/// output bounded), every ordinary job succeeds, and the worker is still serving afterwards.
-/// How long the ordinary jobs took with and without the abusers next to them is printed; it is
-/// a figure, not an assertion, since the machine is shared.
+/// output bounded); every ordinary job succeeds while `spin` still holds its slot, so the
+/// abusers slowed the others only by the slots and CPU their cap lets them hold; and the
+/// worker is still serving afterwards. How long the ordinary jobs took alone and beside the
+/// abusers is printed; it is a figure, not an assertion, since the machine is shared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abusive_guests_are_contained_and_the_worker_keeps_serving() -> anyhow::Result<()> {
     let redis = TestRedis::start()?;
     let queue = Queue::open(&redis.url(), "default").await?;
     upload(&queue, "hello", "example-hello", one_attempt()).await;
-    let abusers: [(&str, &str, &str); 8] = [
-        ("spin", "example-spin", "timed_out"),
-        ("hog", "example-hog", "memory_limit"),
-        ("balloon", "guest-balloon", "memory_limit"),
-        ("stack", "guest-stack-overflow", "trap"),
-        ("panic", "example-panic", "trap"),
-        ("escape", "guest-escape", "ok"),
-        ("chatty", "guest-chatty", "ok"),
-        ("flood", "guest-log-flood", "ok"),
+    let conn = connect(&redis.url()).await?;
+    let quotas = Quotas {
+        max_running: Some(2),
+        ..Quotas::default()
+    };
+    let (record, _token) = Registry::new(conn.clone())
+        .create("mallory", quotas)
+        .await?;
+    let mallory = Queue::for_tenant(conn, &record)?;
+
+    // `spin` comes first and runs longest, so it holds a slot while the ordinary jobs run.
+    let abusers: [(&str, Vec<u8>, &str, &str); 11] = [
+        ("spin", guest_bytes("example-spin"), "{}", "timed_out"),
+        ("hog", guest_bytes("example-hog"), "{}", "memory_limit"),
+        (
+            "balloon",
+            guest_bytes("guest-balloon"),
+            "{}",
+            "memory_limit",
+        ),
+        ("tables", wat::table_grower(10_000), "{}", "memory_limit"),
+        ("stack", guest_bytes("guest-stack-overflow"), "{}", "trap"),
+        ("panic", guest_bytes("example-panic"), "{}", "trap"),
+        ("escape", guest_bytes("guest-escape"), "{}", "ok"),
+        ("chatty", guest_bytes("guest-chatty"), "{}", "ok"),
+        ("flood", guest_bytes("guest-log-flood"), "{}", "ok"),
+        (
+            "endless-stdout",
+            guest_bytes("guest-endless"),
+            "stdout",
+            "timed_out",
+        ),
+        (
+            "endless-log",
+            guest_bytes("guest-endless"),
+            "log",
+            "timed_out",
+        ),
     ];
-    for (task, package, _) in abusers {
-        // Only `spin` needs its timeout to end; the others must end for their own reasons.
-        let timeout_ms = if task == "spin" { 1_000 } else { 30_000 };
+    for (task, component, _, _) in &abusers {
+        // The guests that never end on their own get a timeout; `spin`'s outlasts the
+        // ordinary jobs many times over. The others must end for their own reasons.
+        let timeout_ms = match *task {
+            "spin" => 8_000,
+            "endless-stdout" | "endless-log" => 500,
+            _ => 30_000,
+        };
         let defaults = TaskDefaults {
             policy: one_attempt(),
             timeout_ms,
             memory_bytes: 32 << 20,
         };
-        queue.upload(task, &guest_bytes(package), &defaults).await?;
+        mallory.upload(task, component, &defaults).await?;
     }
     let worker = Worker::start(&redis, Duration::from_secs(5), 4);
 
     // The ordinary jobs alone first, for the comparison, then again beside the abusers.
     let alone = run_hellos(&queue, 200).await?;
     let mut abusive_ids = Vec::new();
-    for (task, _, expected) in abusers {
-        let id = queue
-            .enqueue(QUEUE, &EnqueueRequest::new(task, "{}"), 1024)
+    for (task, _, payload, expected) in &abusers {
+        let id = mallory
+            .enqueue(QUEUE, &EnqueueRequest::new(*task, *payload), 1024)
             .await?
             .id;
-        abusive_ids.push((task, id, expected));
+        abusive_ids.push((*task, id, *expected));
     }
+    wait_for_state(&mallory, &abusive_ids[0].1, JobState::Running).await?;
     let beside = run_hellos(&queue, 200).await?;
+    let spin = mallory
+        .job(QUEUE, &abusive_ids[0].1)
+        .await?
+        .context("spin exists")?;
+    ensure!(
+        spin.state == JobState::Running,
+        "the ordinary jobs finished only after `spin` ended ({:?})",
+        spin.state
+    );
 
     for (task, id, expected) in &abusive_ids {
-        let job = wait_for_end(&queue, id).await?;
+        let job = wait_for_end(&mallory, id).await?;
         let outcome = &job.attempts[0].outcome;
         assert_eq!(outcome["class"], *expected, "{task}: {outcome}");
         if *task == "escape" {
@@ -837,14 +885,34 @@ async fn abusive_guests_are_contained_and_the_worker_keeps_serving() -> anyhow::
         }
     }
     eprintln!(
-        "200 ordinary jobs took {} ms alone and {} ms beside 8 abusive guests",
+        "200 ordinary jobs took {} ms alone and {} ms beside {} abusive guests (cap 2 of 4 slots)",
         alone.as_millis(),
-        beside.as_millis()
+        beside.as_millis(),
+        abusers.len()
     );
     run_hellos(&queue, 10).await?;
     assert!(worker.is_running(), "the worker stopped");
     worker.stop().await?;
+    assert_consistent(&mallory).await?;
     assert_consistent(&queue).await
+}
+
+/// Polls a job until it is in `state`, within a minute.
+async fn wait_for_state(queue: &Queue, id: &str, state: JobState) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = queue.job(QUEUE, id).await?.context("job exists")?;
+        if job.state == state {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "job {id} is still {:?}, not {state:?}, after a minute",
+                job.state
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Enqueues `count` hello jobs and waits for all to succeed; returns how long that took.

@@ -379,6 +379,99 @@ async fn chatty_output_is_bounded_not_fatal() {
     assert!(report.log.stderr_dropped_bytes > 1 << 20);
 }
 
+/// A guest that writes to stdout or calls the host log in an endless loop is stopped at its
+/// timeout like any other runaway: its loop is made of host calls, where no epoch check runs
+/// inside the guest's own code for long. What the host keeps of the output stays bounded.
+#[tokio::test]
+async fn endless_output_and_host_calls_are_stopped_at_the_timeout() {
+    let executor = executor();
+    let task = load(&executor, "guest-endless");
+    let limits = Limits {
+        timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    for mode in ["stdout", "log", "both"] {
+        let started = Instant::now();
+        let report = executor
+            .run(&task, &context(1), mode.as_bytes(), &limits)
+            .await;
+        let took = started.elapsed();
+        assert_eq!(
+            report.outcome,
+            Outcome::TimedOut { timeout_ms: 300 },
+            "{mode}"
+        );
+        // The margin allows for a loaded CI machine, as for `spin`.
+        assert!(
+            took < Duration::from_millis(1300),
+            "{mode}: stopped late: {took:?}"
+        );
+        assert!(
+            report.log.stdout.len() < 128 << 10,
+            "{mode}: kept {}",
+            report.log.stdout.len()
+        );
+        assert!(report.log.records.len() <= 1000, "{mode}");
+        if mode != "log" {
+            assert!(
+                report.log.stdout_dropped_bytes > 0,
+                "{mode}: nothing was dropped"
+            );
+        }
+        if mode != "stdout" {
+            assert!(
+                report.log.records_dropped > 0,
+                "{mode}: no record was dropped"
+            );
+        }
+    }
+    let report = run(&executor, "example-hello", json!({"name": "Bo"}), &limits).await;
+    assert_eq!(output_json(&report)["greeting"], "Hello, Bo!");
+}
+
+/// A task that grows its table without end has the growth refused and fails, without
+/// taking the host's memory; the executor then runs the next task as usual.
+#[tokio::test]
+async fn endless_table_growth_is_refused() {
+    let executor = executor();
+    let task = executor
+        .load(&wasm_runner_tests::wat::table_grower(10_000))
+        .expect("the table grower loads");
+    let report = executor
+        .run(&task, &context(1), b"{}", &Limits::default())
+        .await;
+    assert!(
+        matches!(report.outcome, Outcome::MemoryLimit { .. }),
+        "{:?}",
+        report.outcome
+    );
+    let report = run(
+        &executor,
+        "example-hello",
+        json!({"name": "Bo"}),
+        &Limits::default(),
+    )
+    .await;
+    assert_eq!(output_json(&report)["greeting"], "Hello, Bo!");
+}
+
+/// A task that declares a table larger than the sandbox allows is refused when it is loaded,
+/// with a message that names the table, not accepted and then failed on every attempt.
+#[test]
+fn huge_declared_table_is_refused_at_load() {
+    let executor = executor();
+    let Err(err) = executor.load(&wasm_runner_tests::wat::huge_table(50_000_000)) else {
+        panic!("a 50-million-element table was accepted");
+    };
+    let message = err.to_string();
+    eprintln!("refusal: {message}");
+    assert!(message.contains("table"), "{message}");
+    // A small table in the same shape loads, so the refusal is about the size.
+    executor
+        .load(&wasm_runner_tests::wat::huge_table(16))
+        .expect("a 16-element table loads");
+}
+
 /// A flood of log records is bounded; the count of dropped records is kept.
 #[tokio::test]
 async fn log_flood_is_bounded() {

@@ -88,6 +88,7 @@ fn pooling_config(options: &EngineOptions) -> PoolingAllocationConfig {
         .max_core_instances_per_component(32)
         .max_memories_per_component(4)
         .max_tables_per_component(16)
+        .table_elements(super::limiter::MAX_TABLE_ELEMENTS)
         .max_component_instance_size(1 << 20)
         .max_core_instance_size(1 << 20)
         .max_memory_size(usize::try_from(options.memory_ceiling_bytes).unwrap_or(usize::MAX))

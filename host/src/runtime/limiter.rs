@@ -9,8 +9,10 @@
 use wasmtime::ResourceLimiter;
 
 /// The most elements one table may hold. Tables hold function references; real tasks use a few
-/// thousand, and each element costs the host 8 bytes.
-const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// thousand, and each element costs the host 8 bytes. The instance pool reserves this many per
+/// table (`engine.rs`), so the two limits are one number and a growth past it is refused here,
+/// where it is recorded, rather than by the pool, which would not say so.
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 20_000;
 /// The most core instances, tables and memories one task may create.
 const MAX_INSTANCES: usize = 64;
 const MAX_TABLES: usize = 64;
