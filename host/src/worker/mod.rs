@@ -41,6 +41,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one blocking wait for wake-ups and cancels lasts.
 const LISTEN_WAIT: Duration = Duration::from_millis(500);
+/// The same while every slot is busy, when the wait is for cancels only.
+const DEAF_LISTEN_WAIT: Duration = Duration::from_millis(50);
 /// How long a worker leaves a tenant whose running-jobs cap is full before asking again
 /// (sooner when one of the tenant's jobs on this worker ends).
 const CAPPED_RETRY: Duration = Duration::from_millis(50);
@@ -249,9 +251,6 @@ pub async fn serve(
 
     let mut backoff = MIN_BACKOFF;
     loop {
-        if slots.available_permits() == 0 {
-            lock(&worker.served).went_deaf(Instant::now());
-        }
         // Wait for a free slot before fetching, so a fetched job never waits for this worker.
         let permit = tokio::select! {
             permit = slots.clone().acquire_owned() => permit.expect("slots are never closed"),
@@ -468,6 +467,7 @@ impl Worker {
                 let housekeeping = lock(&self.housekept)
                     .get(&key)
                     .is_none_or(|at| at.elapsed() >= HOUSEKEEPING_INTERVAL);
+                let asked_at = Instant::now();
                 let fetched = match step
                     .tenant
                     .fetch(
@@ -494,7 +494,7 @@ impl Worker {
                             error = %format!("{err:#}"),
                             "cannot fetch from queue"
                         );
-                        lock(&self.served).mark_idle(&tenant, queue, Instant::now(), MAX_IDLE_WAIT);
+                        lock(&self.served).mark_idle(&tenant, queue, asked_at, MAX_IDLE_WAIT);
                         first_error.get_or_insert(err);
                         continue;
                     }
@@ -505,7 +505,7 @@ impl Worker {
                     let wait = fetched
                         .next_due
                         .map_or(MAX_IDLE_WAIT, |due| due.min(MAX_IDLE_WAIT));
-                    lock(&self.served).mark_idle(&tenant, queue, Instant::now(), wait);
+                    lock(&self.served).mark_idle(&tenant, queue, asked_at, wait);
                 }
                 for job in fetched.jobs {
                     self.start(&step.tenant, queue, job, holders.next(), slots)?;
@@ -904,8 +904,9 @@ impl Worker {
     async fn listen(self: Arc<Self>, only: Option<(String, String)>, slots: Arc<Semaphore>) {
         let mut conn = None;
         let mut backoff = MIN_BACKOFF;
+        let mut turn = 0_usize;
         loop {
-            let pairs: Vec<(String, String)> = match &only {
+            let mut pairs: Vec<(String, String)> = match &only {
                 Some((tenant, queue)) => {
                     if !lock(&self.served).serves(tenant, queue) {
                         return;
@@ -918,7 +919,18 @@ impl Worker {
                     .map(|(handle, queue)| (handle.tenant().to_owned(), queue))
                     .collect(),
             };
+            // A blocking pop takes from the first of its keys that holds a token, and a
+            // flooding tenant's queue always holds some (each enqueue call leaves up to 16), so
+            // with a fixed order a quiet tenant's token would wait behind all of them. Starting
+            // one key further along each time reaches every queue's token within one pop per
+            // served queue.
+            if !pairs.is_empty() {
+                let len = pairs.len();
+                pairs.rotate_left(turn % len);
+                turn = turn.wrapping_add(1);
+            }
             let hear_wakeups = slots.available_permits() > 0;
+            let listened = pairs.clone();
             let mut keys = Vec::with_capacity(pairs.len() * 2);
             let mut meaning: HashMap<String, (String, String, bool)> = HashMap::new();
             for (tenant, queue) in pairs {
@@ -937,6 +949,7 @@ impl Worker {
                 continue;
             }
             let Some(conn) = conn.as_mut() else {
+                lock(&self.served).set_hearing(&listened, false);
                 match crate::queue::connect(&self.config.redis_url).await {
                     Ok(new) => conn = Some(new),
                     Err(err) => {
@@ -947,11 +960,18 @@ impl Worker {
                 }
                 continue;
             };
-            // Short waits, so a change in free slots or served queues is seen quickly.
-            match Queue::wait_any(conn, &keys, LISTEN_WAIT).await {
+            // Short waits, so a change in free slots or served queues is seen quickly; shorter
+            // still while deaf to wake-ups, since meanwhile every fetch round asks every queue.
+            lock(&self.served).set_hearing(&listened, hear_wakeups);
+            let wait = if hear_wakeups {
+                LISTEN_WAIT
+            } else {
+                DEAF_LISTEN_WAIT
+            };
+            match Queue::wait_any(conn, &keys, wait).await {
                 Ok(Some((key, value))) => match meaning.get(&key) {
                     Some((tenant, queue, true)) => {
-                        lock(&self.served).wake(tenant, queue);
+                        lock(&self.served).wake(tenant, queue, Instant::now());
                         self.wake.notify_one();
                     }
                     Some((_, _, false)) => self.abort_jobs(&[value], CANCELED),
@@ -959,6 +979,7 @@ impl Worker {
                 },
                 Ok(None) => {}
                 Err(err) => {
+                    lock(&self.served).set_hearing(&listened, false);
                     tracing::debug!(error = %format!("{err:#}"), "wake-up listener error");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -7,9 +7,10 @@
 //! for at most one round of slot releases once it is ready (docs/tenants.md states the bound).
 //!
 //! To avoid a script call per empty queue per round, a queue found empty is marked idle until
-//! its next scheduled job is due (at most a second) or a wake-up arrives for it. Wake-ups are
-//! only heard while the worker has a free slot, so idle marks made before the worker last
-//! filled up are not trusted: those queues are probed again when a slot frees.
+//! its next scheduled job is due (at most a second) or a wake-up arrives for it. An idle mark is
+//! trusted only while the worker's listener is in a wait that includes the queue's wake-up key:
+//! a busy worker leaves wake-ups to idle workers (its listener waits for cancels only), and
+//! meanwhile it asks every queue on every round rather than miss an enqueue.
 
 use std::time::{Duration, Instant};
 
@@ -33,8 +34,6 @@ pub(super) struct Served<H = Queue> {
     tenants: Vec<TenantEntry<H>>,
     /// Where the next round starts.
     cursor: usize,
-    /// When the worker last stopped hearing wake-ups because every slot was busy.
-    deaf_since: Option<Instant>,
 }
 
 impl<H> Default for Served<H> {
@@ -42,7 +41,6 @@ impl<H> Default for Served<H> {
         Served {
             tenants: Vec::new(),
             cursor: 0,
-            deaf_since: None,
         }
     }
 }
@@ -60,12 +58,16 @@ struct TenantEntry<H> {
 struct QueueEntry {
     name: String,
     idle: Option<Idle>,
+    /// When the last wake-up for this queue was heard.
+    woken_at: Option<Instant>,
+    /// Whether the listener's current wait includes this queue's wake-up key, so that an
+    /// enqueue would be heard and an idle mark can be trusted.
+    hearing: bool,
 }
 
-/// A queue found empty at `since`, not worth asking again before `until`.
+/// A queue found empty, not worth asking again before `until`.
 #[derive(Debug, Clone, Copy)]
 struct Idle {
-    since: Instant,
     until: Instant,
 }
 
@@ -102,7 +104,12 @@ impl<H: Tenant> Served<H> {
                         Some(i) => old_queues.swap_remove(i),
                         None => {
                             added.push((handle.name().to_owned(), name.clone()));
-                            QueueEntry { name, idle: None }
+                            QueueEntry {
+                                name,
+                                idle: None,
+                                woken_at: None,
+                                hearing: false,
+                            }
                         }
                     },
                 )
@@ -151,7 +158,6 @@ impl<H: Tenant> Served<H> {
         }
         let start = self.cursor % count;
         self.cursor = self.cursor.wrapping_add(1);
-        let deaf_since = self.deaf_since;
 
         let mut steps = Vec::new();
         for offset in 0..count {
@@ -162,7 +168,7 @@ impl<H: Tenant> Served<H> {
             let active: Vec<&QueueEntry> = tenant
                 .queues
                 .iter()
-                .filter(|q| q.may_have_work(now, deaf_since))
+                .filter(|q| q.may_have_work(now))
                 .collect();
             if active.is_empty() {
                 continue;
@@ -185,21 +191,33 @@ impl<H: Tenant> Served<H> {
         steps
     }
 
-    /// Records that `queue` of `tenant` had fewer jobs than asked for at `now`; it is not
-    /// asked again for `wait` unless woken.
-    pub(super) fn mark_idle(&mut self, tenant: &str, queue: &str, now: Instant, wait: Duration) {
+    /// Records that `queue` of `tenant` had fewer jobs than asked for by a fetch sent at
+    /// `asked_at`; it is not asked again for `wait` unless woken.
+    ///
+    /// A wake-up heard after `asked_at` wins: the enqueue behind it may have landed just after
+    /// the fetch looked, so the empty answer is already out of date.
+    pub(super) fn mark_idle(
+        &mut self,
+        tenant: &str,
+        queue: &str,
+        asked_at: Instant,
+        wait: Duration,
+    ) {
         if let Some(entry) = self.queue_mut(tenant, queue) {
+            if entry.woken_at.is_some_and(|woken| woken >= asked_at) {
+                return;
+            }
             entry.idle = Some(Idle {
-                since: now,
-                until: now + wait,
+                until: asked_at + wait,
             });
         }
     }
 
     /// Records that a job may be ready on `queue` of `tenant`.
-    pub(super) fn wake(&mut self, tenant: &str, queue: &str) {
+    pub(super) fn wake(&mut self, tenant: &str, queue: &str, now: Instant) {
         if let Some(entry) = self.queue_mut(tenant, queue) {
             entry.idle = None;
+            entry.woken_at = Some(now);
         }
     }
 
@@ -218,9 +236,15 @@ impl<H: Tenant> Served<H> {
         }
     }
 
-    /// Records that every slot is busy from `now`: wake-ups are not heard until one frees.
-    pub(super) fn went_deaf(&mut self, now: Instant) {
-        self.deaf_since = Some(now);
+    /// Records whether the listener's next wait includes the wake-up keys of `pairs`
+    /// (tenant, queue). Called before each wait is sent, so a wake-up pushed while the flag is
+    /// set is either taken by that wait or still in its list for the next one.
+    pub(super) fn set_hearing(&mut self, pairs: &[(String, String)], hearing: bool) {
+        for (tenant, queue) in pairs {
+            if let Some(entry) = self.queue_mut(tenant, queue) {
+                entry.hearing = hearing;
+            }
+        }
     }
 
     /// How long until an idle or capped entry is worth asking again, if any is waiting.
@@ -247,10 +271,10 @@ impl<H: Tenant> Served<H> {
 }
 
 impl QueueEntry {
-    fn may_have_work(&self, now: Instant, deaf_since: Option<Instant>) -> bool {
+    fn may_have_work(&self, now: Instant) -> bool {
         match self.idle {
             None => true,
-            Some(idle) => idle.until <= now || deaf_since.is_some_and(|deaf| idle.since <= deaf),
+            Some(idle) => idle.until <= now || !self.hearing,
         }
     }
 }
@@ -282,6 +306,9 @@ mod tests {
                 })
                 .collect(),
         );
+        // As while the listener waits on every wake-up key.
+        let pairs = served.pairs();
+        served.set_hearing(&pairs, true);
         served
     }
 
@@ -327,27 +354,44 @@ mod tests {
         assert_eq!(steps[0].share, 8);
         assert_eq!(served.next_check(now), Some(Duration::from_secs(1)));
 
-        served.wake("b", "q");
+        served.wake("b", "q", now);
         assert_eq!(tenants_of(&served.plan(8, now)), ["b", "a"]);
         let later = now + Duration::from_secs(2);
         assert_eq!(served.plan(8, later)[0].queues.len(), 2);
     }
 
     #[test]
-    fn idle_marks_from_before_the_worker_filled_up_are_not_trusted() {
+    fn a_wake_up_heard_while_a_fetch_was_out_beats_its_empty_answer() {
         let mut served = served(&[("a", &["q"])]);
+        let asked = Instant::now();
+        // The enqueue lands after the fetch looked, and its wake-up is heard before the
+        // empty answer comes back.
+        served.wake("a", "q", asked + Duration::from_millis(1));
+        served.mark_idle("a", "q", asked, Duration::from_secs(1));
+        let later = asked + Duration::from_millis(2);
+        assert_eq!(tenants_of(&served.plan(1, later)), ["a"]);
+
+        // A fetch sent after the wake-up may mark the queue idle again.
+        served.mark_idle("a", "q", later, Duration::from_secs(1));
+        assert!(served.plan(1, later).is_empty());
+    }
+
+    #[test]
+    fn idle_marks_are_trusted_only_while_wake_ups_are_heard() {
+        let mut served = served(&[("a", &["q"])]);
+        let pairs = [("a".to_owned(), "q".to_owned())];
         let now = Instant::now();
         served.mark_idle("a", "q", now, Duration::from_secs(1));
-        assert!(served.plan(1, now).is_empty());
-        served.went_deaf(now + Duration::from_millis(5));
+        served.set_hearing(&pairs, false);
+        // No wait is listening: an enqueue would go unheard, so the queue is asked.
         assert_eq!(tenants_of(&served.plan(1, now)), ["a"]);
-        served.mark_idle(
-            "a",
-            "q",
-            now + Duration::from_millis(6),
-            Duration::from_secs(1),
-        );
+
+        served.set_hearing(&pairs, true);
         assert!(served.plan(1, now).is_empty());
+
+        // Every slot busy: the listener waits for cancels only.
+        served.set_hearing(&pairs, false);
+        assert_eq!(tenants_of(&served.plan(1, now)), ["a"]);
     }
 
     #[test]
