@@ -912,6 +912,70 @@ fn partition(fault: Mode) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// **T3, slow network.** One worker reaches Redis through the proxy in `Delay` mode: every
+/// chunk is held 40 ms each way, so each round trip takes at least 80 ms, 40 times the usual
+/// lease renewal's on loopback. It drains 300 ledger jobs of 10 ms, lease 2 s.
+///
+/// Pass:
+/// - every job succeeded, with exactly one successful attempt on record that the ledger saw
+///   run to its end, and no job ran twice (a slow link must cost time, not leases);
+/// - no attempt was recorded as `worker_lost`;
+/// - the queue is consistent.
+///
+/// Printed: the drain time and rate over the slow link.
+#[test]
+fn slow_network_costs_time_not_jobs() -> anyhow::Result<()> {
+    const JOBS: usize = 300;
+    let _serial = one_at_a_time();
+    let redis = TestRedis::start()?;
+    let cli = Cli::new(&redis);
+    cli.upload(TASK, GUEST)?;
+    let proxy = FaultProxy::start(redis.port())?;
+    proxy.set_mode(Mode::Delay(Duration::from_millis(40)));
+    let proxy_url = proxy.redis_url();
+    let flags = ["--concurrency", "8", "--lease", "2s", "--redis", &proxy_url];
+    let worker = Worker::start_with_env(&cli, "A", &flags, &LEDGER_ENV)?;
+
+    let started = Instant::now();
+    let ids = cli.enqueue_many(TASK, &vec![r#"{"ms": 10}"#.to_owned(); JOBS])?;
+    wait_for(
+        "the jobs to succeed over the slow link",
+        Duration::from_secs(120),
+        || Ok((cli.count("succeeded")? == JOBS as u64).then_some(())),
+    )?;
+    let took = started.elapsed();
+
+    check_drained(&cli, DEFAULT_QUEUE, JOBS)?;
+    let views = cli.job_views(&ids)?;
+    let executions = executions(&[("A".to_owned(), worker.log())])?;
+    let lost = views
+        .iter()
+        .flat_map(|view| &view.attempts)
+        .filter(|attempt| attempt.outcome["class"] == "worker_lost")
+        .count();
+    eprintln!(
+        "T3 slow network (40 ms each way): {JOBS} jobs in {} ms ({:.0} jobs/s), {} executions, \
+         {lost} lost leases",
+        took.as_millis(),
+        JOBS as f64 / took.as_secs_f64(),
+        executions.len()
+    );
+    ensure!(
+        lost == 0,
+        "{lost} attempts lost their lease over a slow link"
+    );
+    ensure!(
+        executions.len() == JOBS,
+        "{} executions for {JOBS} jobs: some ran twice",
+        executions.len()
+    );
+    check_no_overlap(&executions, |_| u64::MAX)?;
+    check_recorded_once(&views, &executions)?;
+    worker.signal("-TERM")?;
+    cli.assert_consistent()?;
+    Ok(())
+}
+
 /// How long ago (ms) worker `id` last heartbeat on the default queue, if it did in the last
 /// minute, from `stats --json`.
 fn heartbeat_age(cli: &Cli, id: &str) -> anyhow::Result<Option<u64>> {

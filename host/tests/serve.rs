@@ -199,6 +199,7 @@ fn sigterm_lets_a_running_job_finish() -> anyhow::Result<()> {
     assert_eq!(job["attempt"], 1, "{job:#}");
     assert_eq!(attempts(&job).len(), 1, "{job:#}");
     assert_eq!(count_class(&job, "ok"), 1, "{job:#}");
+    cli.assert_consistent()?;
     Ok(())
 }
 

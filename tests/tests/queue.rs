@@ -312,6 +312,45 @@ async fn idempotency_key_returns_the_first_job() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A worker's heartbeat keeps the queue's heartbeat set alive for an hour and no longer, so a
+/// set left behind by workers of a deleted tenant goes away by itself (the fix for the set
+/// outliving its tenant, which the chaos suite found).
+#[tokio::test]
+async fn heartbeat_set_expires_an_hour_after_the_last_heartbeat() -> anyhow::Result<()> {
+    let redis = TestRedis::start()?;
+    let queue = Queue::open(&redis.url(), "default").await?;
+    let key = wasm_runner::queue::QueueKeys::new("default", QUEUE).workers();
+    queue
+        .fetch(QUEUE, "worker-a", Duration::from_secs(1), 0, true)
+        .await?;
+    let ttl = pttl(&redis, &key)?;
+    assert!(
+        ttl > 3_500_000 && ttl <= 3_600_000,
+        "the heartbeat set {key} has a TTL of {ttl} ms, not about an hour"
+    );
+    // A fetch without housekeeping does not beat, so it leaves the TTL alone.
+    redis.command(&["PEXPIRE", &key, "60000"])?;
+    queue
+        .fetch(QUEUE, "worker-a", Duration::from_secs(1), 0, false)
+        .await?;
+    let ttl = pttl(&redis, &key)?;
+    assert!(
+        ttl > 0 && ttl <= 60_000,
+        "a fetch without housekeeping touched the heartbeat set"
+    );
+    Ok(())
+}
+
+/// The time to live of `key` in ms, from the raw reply (`:<n>`) of `PTTL`.
+fn pttl(redis: &TestRedis, key: &str) -> anyhow::Result<i64> {
+    let reply = redis.command(&["PTTL", key])?;
+    let value = reply
+        .trim()
+        .strip_prefix(':')
+        .context("PTTL answers an integer")?;
+    Ok(value.parse()?)
+}
+
 /// A worker whose lease expired cannot record an outcome: the job was recovered and leased to
 /// another worker, whose outcome is the one kept. The lost attempt is not charged.
 #[tokio::test]
