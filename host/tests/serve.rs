@@ -480,6 +480,12 @@ fn queue_commands_reject_bad_input() -> anyhow::Result<()> {
     )?;
     assert_refused(
         &cli,
+        &["serve", "--max-worker-losses", "0"],
+        EXIT_USAGE,
+        "max worker losses 0 is out of range",
+    )?;
+    assert_refused(
+        &cli,
         &["job", "01a23c3c-0000-7000-8000-000000000000"],
         EXIT_USAGE,
         "there is no job",

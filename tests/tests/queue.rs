@@ -419,32 +419,40 @@ async fn stale_worker_cannot_record_an_outcome() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A job that keeps losing its worker (a poison job) fails after a bounded number of losses.
+/// A job that keeps losing its worker (a poison job) fails after a bounded number of losses:
+/// the default, and a count set with `with_max_worker_losses` (`serve --max-worker-losses`).
 #[tokio::test]
 async fn job_that_keeps_losing_its_worker_fails() -> anyhow::Result<()> {
     let redis = TestRedis::start()?;
     let queue = Queue::open(&redis.url(), "default").await?;
     upload(&queue, "hello", "example-hello", policy(3, &[50])).await;
-    let id = enqueue(&queue, "hello", r#"{"name": "Poison"}"#).await;
+    for limit in [None, Some(5)] {
+        let queue = match limit {
+            Some(losses) => queue.clone().with_max_worker_losses(losses),
+            None => queue.clone(),
+        };
+        let losses = limit.unwrap_or(wasm_runner::queue::MAX_WORKER_LOSSES);
+        let id = enqueue(&queue, "hello", r#"{"name": "Poison"}"#).await;
 
-    let lease = Duration::from_millis(100);
-    for loss in 0..wasm_runner::queue::MAX_WORKER_LOSSES {
-        let fetched = queue.fetch(QUEUE, "doomed", lease, 1, true).await?;
-        assert_eq!(fetched.jobs.len(), 1, "leased again after {loss} losses");
-        tokio::time::sleep(lease + Duration::from_millis(50)).await;
+        let lease = Duration::from_millis(100);
+        for loss in 0..losses {
+            let fetched = queue.fetch(QUEUE, "doomed", lease, 1, true).await?;
+            assert_eq!(fetched.jobs.len(), 1, "leased again after {loss} losses");
+            tokio::time::sleep(lease + Duration::from_millis(50)).await;
+        }
+        // This fetch recovers the last expired lease and fails the job instead of leasing it.
+        assert!(
+            queue
+                .fetch(QUEUE, "doomed", lease, 1, true)
+                .await?
+                .jobs
+                .is_empty()
+        );
+        let job = queue.job(QUEUE, &id).await?.context("job")?;
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.losses, losses);
+        assert_eq!(job.attempt, 0, "losses are not charged as attempts");
     }
-    // This fetch recovers the last expired lease and fails the job instead of leasing it.
-    assert!(
-        queue
-            .fetch(QUEUE, "doomed", lease, 1, true)
-            .await?
-            .jobs
-            .is_empty()
-    );
-    let job = queue.job(QUEUE, &id).await?.context("job")?;
-    assert_eq!(job.state, JobState::Failed);
-    assert_eq!(job.losses, wasm_runner::queue::MAX_WORKER_LOSSES);
-    assert_eq!(job.attempt, 0, "losses are not charged as attempts");
     assert_consistent(&queue).await?;
     Ok(())
 }

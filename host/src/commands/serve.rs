@@ -91,6 +91,12 @@ pub struct ServeCommand {
     /// one round trip per job; nothing ever waits to fill a batch.
     #[arg(long, default_value_t = crate::worker::DEFAULT_FINISH_BATCH, value_name = "N")]
     finish_batch: usize,
+
+    /// After how many lost workers a job fails as `worker_lost` instead of running again: a
+    /// job whose lease ran out this many times (its worker was killed, stalled or cut off each
+    /// time) is taken for one that kills its worker. Workers sharing a queue should agree.
+    #[arg(long, default_value_t = crate::queue::MAX_WORKER_LOSSES, value_name = "N")]
+    max_worker_losses: u32,
 }
 
 impl ServeCommand {
@@ -111,6 +117,12 @@ impl ServeCommand {
             return Err(usage(format!(
                 "finish batch {} is out of range; use 1 to 1000",
                 self.finish_batch
+            )));
+        }
+        if !(1..=1000).contains(&self.max_worker_losses) {
+            return Err(usage(format!(
+                "max worker losses {} is out of range; use 1 to 1000",
+                self.max_worker_losses
             )));
         }
         if self.lease < Duration::from_millis(300) {
@@ -147,6 +159,7 @@ impl ServeCommand {
             succeeded_retention: self.succeeded_retention,
             failed_retention: self.failed_retention,
             finish_batch: self.finish_batch,
+            max_worker_losses: self.max_worker_losses,
             ..defaults
         };
         let executor = Arc::new(executor);

@@ -93,6 +93,8 @@ pub struct Queue {
     scripts: Arc<Scripts>,
     /// Queues already recorded in the tenant's queue set by this handle.
     known_queues: Arc<Mutex<HashSet<String>>>,
+    /// After how many lost workers a fetch fails a job instead of running it again.
+    max_worker_losses: u32,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -137,6 +139,7 @@ impl Queue {
             quotas: Quotas::default(),
             scripts: Arc::new(Scripts::new()),
             known_queues: Arc::default(),
+            max_worker_losses: MAX_WORKER_LOSSES,
         })
     }
 
@@ -152,6 +155,13 @@ impl Queue {
     /// This handle with `quotas` enforced on uploads and enqueues.
     pub fn with_quotas(mut self, quotas: Quotas) -> Self {
         self.quotas = quotas;
+        self
+    }
+
+    /// This handle with fetches that fail a job once it has lost `losses` workers (at least
+    /// 1; the default is [`MAX_WORKER_LOSSES`]), instead of running it again.
+    pub fn with_max_worker_losses(mut self, losses: u32) -> Self {
+        self.max_worker_losses = losses.max(1);
         self
     }
 
@@ -446,7 +456,7 @@ impl Queue {
             .arg(worker)
             .arg(lease.as_millis() as u64)
             .arg(max)
-            .arg(MAX_WORKER_LOSSES)
+            .arg(self.max_worker_losses)
             .arg(SUCCEEDED_RETENTION.as_millis() as u64)
             .arg(FAILED_RETENTION.as_millis() as u64)
             .arg(if housekeeping { "1" } else { "0" })

@@ -83,6 +83,9 @@ pub struct WorkerConfig {
     /// The most outcomes recorded by one finish call. Outcomes that end while a call is in
     /// flight share the next one, up to this many.
     pub finish_batch: usize,
+    /// After how many lost workers (leases that ran out) a job fails as `worker_lost` instead
+    /// of running again, so a job that kills its worker cannot take the fleet down.
+    pub max_worker_losses: u32,
 }
 
 impl WorkerConfig {
@@ -105,6 +108,7 @@ impl WorkerConfig {
             succeeded_retention: None,
             failed_retention: None,
             finish_batch: DEFAULT_FINISH_BATCH,
+            max_worker_losses: crate::queue::MAX_WORKER_LOSSES,
         }
     }
 }
@@ -364,7 +368,8 @@ impl Worker {
         };
         let mut tenants = Vec::with_capacity(records.len());
         for record in &records {
-            let handle = Queue::for_tenant(self.conn.clone(), record)?;
+            let handle = Queue::for_tenant(self.conn.clone(), record)?
+                .with_max_worker_losses(self.config.max_worker_losses);
             let queues = match &self.config.queues {
                 Some(queues) => queues.clone(),
                 None => {
