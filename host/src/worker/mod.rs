@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OnceCell, Semaphore};
 use tracing::Instrument as _;
 
 use crate::config::Limits;
@@ -134,7 +134,10 @@ struct Worker {
     registry: Registry,
     executor: Arc<Executor>,
     served: Mutex<Served>,
-    components: Mutex<HashMap<String, TaskComponent>>,
+    /// Compiled tasks by digest. Each digest has one cell, so the jobs that start together on a
+    /// task the worker has not compiled yet wait for one compile instead of each running
+    /// their own (with 64 slots, a fresh worker compiled a task 64 times over).
+    components: Mutex<HashMap<String, Arc<OnceCell<TaskComponent>>>>,
     running: Mutex<HashMap<String, Running>>,
     /// Tenants already warned about a fuel quota this worker cannot meter.
     fuel_warned: Mutex<HashSet<String>>,
@@ -775,26 +778,34 @@ impl Worker {
         tenant: &Queue,
         digest: &str,
     ) -> Result<TaskComponent, ComponentError> {
-        if let Some(component) = lock(&self.components).get(digest) {
-            return Ok(component.clone());
-        }
-        let wasm = match tenant.component(digest).await {
-            Ok(Some(wasm)) => wasm,
-            Ok(None) => return Err(ComponentError::Missing(digest.to_owned())),
-            Err(err) => return Err(ComponentError::Redis(err)),
-        };
-        let executor = self.executor.clone();
-        let cache_dir = self.config.cache_dir.clone();
-        let digest_owned = digest.to_owned();
-        // Compiling takes tens of milliseconds to seconds; keep it off the async threads.
-        let component = tokio::task::spawn_blocking(move || {
-            executor.load_cached(&wasm, &digest_owned, cache_dir.as_deref())
-        })
-        .await
-        .map_err(|err| ComponentError::Redis(anyhow::anyhow!("the compile thread failed: {err}")))?
-        .map_err(|err| ComponentError::Invalid(digest.to_owned(), err))?;
-        lock(&self.components).insert(digest.to_owned(), component.clone());
-        Ok(component)
+        let cell = lock(&self.components)
+            .entry(digest.to_owned())
+            .or_default()
+            .clone();
+        // A failed load leaves the cell empty, so the next job of the task tries again.
+        let component = cell
+            .get_or_try_init(|| async {
+                let wasm = match tenant.component(digest).await {
+                    Ok(Some(wasm)) => wasm,
+                    Ok(None) => return Err(ComponentError::Missing(digest.to_owned())),
+                    Err(err) => return Err(ComponentError::Redis(err)),
+                };
+                let executor = self.executor.clone();
+                let cache_dir = self.config.cache_dir.clone();
+                let digest_owned = digest.to_owned();
+                // Compiling takes tens of milliseconds to seconds; keep it off the async
+                // threads.
+                tokio::task::spawn_blocking(move || {
+                    executor.load_cached(&wasm, &digest_owned, cache_dir.as_deref())
+                })
+                .await
+                .map_err(|err| {
+                    ComponentError::Redis(anyhow::anyhow!("the compile thread failed: {err}"))
+                })?
+                .map_err(|err| ComponentError::Invalid(digest.to_owned(), err))
+            })
+            .await?;
+        Ok(component.clone())
     }
 
     /// Renews every running job's lease and tenant slot every third of the lease, and stops
