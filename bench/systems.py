@@ -35,6 +35,8 @@ RETRY_INTERVALS_MS = [1000, 2000]
 CRASH_LEASE_S = 5
 # W5: jobs run at once where a system has concurrency.
 CRASH_CONCURRENCY = 10
+# W1: wasm-runner's slots per worker for the no-op throughput case.
+W1_CONCURRENCY = 64
 
 
 @dataclass
@@ -280,7 +282,11 @@ class WasmRunner(System):
             "--worker-id", f"bench-{self.workload}-{index}",
             "--cache-dir", OUT / "wasm-runner-cache",
         ]
-        if self.workload == "W5":
+        if self.workload == "W1":
+            # Short jobs: more slots mean larger fetches, so fewer script calls per job
+            # (docs/performance.md); BullMQ's throughput case runs at concurrency 50.
+            args += ["--concurrency", str(W1_CONCURRENCY)]
+        elif self.workload == "W5":
             args += ["--concurrency", str(CRASH_CONCURRENCY), "--lease", f"{CRASH_LEASE_S}s"]
         elif self.workload == "MEM":
             args += ["--concurrency", "64", "--succeeded-retention", "10s"]
