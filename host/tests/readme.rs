@@ -57,9 +57,11 @@ fn the_readme_walkthrough_works_as_written() -> anyhow::Result<()> {
     let output = Command::new("bash")
         .arg("-c")
         // Whatever happens, the worker and the Redis the script started do not outlive it.
+        // The trap runs under `set -e`, so a job that exited between `jobs -p` and `kill`
+        // must not fail the script.
         .arg(format!(
-            "trap 'kill $(jobs -p) 2>/dev/null; redis-cli -p {redis_port} shutdown nosave \
-             >/dev/null 2>&1 || true' EXIT\nset -e\n{script}"
+            "trap 'kill $(jobs -p) 2>/dev/null || true; redis-cli -p {redis_port} shutdown \
+             nosave >/dev/null 2>&1 || true' EXIT\nset -e\n{script}"
         ))
         .current_dir(dir.path())
         .env_remove("WASM_RUNNER_TENANT")
@@ -69,7 +71,8 @@ fn the_readme_walkthrough_works_as_written() -> anyhow::Result<()> {
     let stderr = String::from_utf8_lossy(&output.stderr);
     ensure!(
         output.status.success(),
-        "the walkthrough failed:\n{stdout}\n{stderr}"
+        "the walkthrough failed ({}):\n{stdout}\n{stderr}",
+        output.status
     );
 
     // What the README promises the reader will see.
