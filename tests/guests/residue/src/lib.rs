@@ -1,7 +1,7 @@
 //! Looks for what an earlier task left in memory. The runner reuses pooled memory between
 //! attempts, and must reset it so that no task can read another's data.
 //!
-//! The task grows its linear memory by [`GROW_PAGES`] and counts the bytes of the new pages that
+//! The task grows its linear memory by `GROW_PAGES` and counts the bytes of the new pages that
 //! are not zero. WebAssembly defines grown memory as zeroed, so a reset slot gives 0. With
 //! `{"write": true}` it then fills those pages with a marker and counts again, which shows the
 //! count sees what is there; the next attempt in the same slot must still count 0.
