@@ -254,13 +254,16 @@ async fn main() -> anyhow::Result<()> {
         "| Redis CPU per job, enqueue + drain | {:.1} µs |",
         cpu * 1e6 / jobs as f64
     );
-    println!(
-        "| retry lateness, {} retries: p50 / p99 / max | {} / {} / {} ms |",
-        lateness.len(),
-        percentile(&lateness, 0.5),
-        percentile(&lateness, 0.99),
-        lateness.last().copied().unwrap_or(0),
-    );
+    // `--retry-jobs 0` skips the lateness part.
+    if !lateness.is_empty() {
+        println!(
+            "| retry lateness, {} retries: p50 / p99 / max | {} / {} / {} ms |",
+            lateness.len(),
+            percentile(&lateness, 0.5),
+            percentile(&lateness, 0.99),
+            lateness.last().copied().unwrap_or(0),
+        );
+    }
     println!();
     println!("Costliest Redis commands over enqueue + drain (a script's time includes the");
     println!("commands it runs, which are also listed on their own):");

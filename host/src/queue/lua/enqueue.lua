@@ -12,7 +12,7 @@
 local prefix = ARGV[1]
 local now = now_ms()
 -- Numbers are turned into strings on every redis.call; doing it once saves Redis real time.
-local now_s = tostring(now)
+local now_s = int(now)
 local counts = {}
 local ready = {}
 local replies = {}
@@ -41,8 +41,8 @@ for i = 2, #ARGV, 11 do
       'policy', ARGV[i + 8], 'timeout_ms', ARGV[i + 9], 'memory_bytes', ARGV[i + 10],
       'state', state)
     if state == 'scheduled' then
-      redis.call('HSET', job, 'due_at', due)
-      redis.call('ZADD', KEYS[2], due, id)
+      redis.call('HSET', job, 'due_at', int(due))
+      redis.call('ZADD', KEYS[2], int(due), id)
     else
       ready[#ready + 1] = id
     end

@@ -105,8 +105,8 @@ if want > 0 then
   ids = redis.call('LPOP', KEYS[1], want) or {}
 end
 local leases = {}
-local until_ms = tostring(now + tonumber(ARGV[3]))
-local now_s = tostring(now)
+local until_ms = int(now + tonumber(ARGV[3]))
+local now_s = int(now)
 for _, id in ipairs(ids) do
   local job = prefix .. 'job:' .. id
   local f = redis.call('HMGET', job, 'token', 'attempt', 'losses', 'task', 'digest', 'payload',
@@ -116,7 +116,7 @@ for _, id in ipairs(ids) do
     local token = tonumber(f[1]) + 1
     local attempt = tonumber(f[2]) + 1
     redis.call('HSET', job, 'state', 'running', 'worker', ARGV[2], 'started_at', now_s,
-      'token', token, 'attempt', attempt)
+      'token', int(token), 'attempt', int(attempt))
     leases[#leases + 1] = until_ms
     leases[#leases + 1] = id .. '|' .. token
     tally(counts, f[4], 'queued', 'running')

@@ -17,7 +17,7 @@
 local prefix = ARGV[1]
 local now = now_ms()
 -- Numbers are turned into strings on every redis.call; doing it once saves Redis real time.
-local now_s = tostring(now)
+local now_s = int(now)
 local counts = {}
 local members = {}
 for i = 2, #ARGV, 10 do
@@ -67,9 +67,9 @@ for k = 1, #members do
         redis.call('LPUSH', KEYS[2], id)
         tally(counts, task, 'running', 'queued')
       elseif delay > 0 then
-        redis.call('HSET', job, 'state', 'scheduled', 'due_at', now + delay, 'outcome', outcome,
+        redis.call('HSET', job, 'state', 'scheduled', 'due_at', int(now + delay), 'outcome', outcome,
           run, record)
-        redis.call('ZADD', KEYS[3], now + delay, id)
+        redis.call('ZADD', KEYS[3], int(now + delay), id)
         tally(counts, task, 'running', 'scheduled')
       else
         redis.call('HSET', job, 'state', 'queued', 'outcome', outcome, run, record)

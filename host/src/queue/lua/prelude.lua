@@ -10,6 +10,13 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- An integer as the decimal string Redis stores. Redis turns a Lua number argument into text
+-- with `%.17g` and Lua's `tostring` uses `%.14g`: both take glibc's floating-point printer,
+-- which showed up as about 5% of Redis's CPU time in the queue bench; `%d` does not.
+local function int(n)
+  return string.format('%d', n)
+end
+
 -- Keeps the per-task counts in `<prefix>counts` (field `<task>|<state>`) in step with a job
 -- moving from state `from` to state `to` (either may be false: a new or a deleted job). The
 -- counts key shares the queue's hash tag.
@@ -45,7 +52,7 @@ end
 local function apply_tally(prefix, t)
   for field, delta in pairs(t) do
     if delta ~= 0 then
-      redis.call('HINCRBY', prefix .. 'counts', field, delta)
+      redis.call('HINCRBY', prefix .. 'counts', field, int(delta))
     end
   end
 end

@@ -21,7 +21,7 @@ for i = 4, #ARGV, 2 do
 end
 local leased = redis.call('ZMSCORE', KEYS[1], unpack(members))
 local renewed = {}
-local until_ms = tostring(now + tonumber(ARGV[3]))
+local until_ms = int(now + tonumber(ARGV[3]))
 for k, member in ipairs(members) do
   if leased[k] then
     renewed[#renewed + 1] = until_ms
