@@ -7,6 +7,7 @@
 //! - [`TestRedis`]: a private `redis-server` on a free loopback port, killed on drop.
 //! - [`TestRedisCluster`]: a private three-master Redis Cluster on loopback.
 //! - [`wat`]: task components written in the text format, for abuse Rust guests cannot express.
+//! - [`InProcessWorker`]: the `serve` loop on a task of the test's runtime.
 
 use std::path::PathBuf;
 
@@ -16,8 +17,10 @@ pub mod openapi;
 pub mod proxy;
 mod redis;
 pub mod wat;
+mod worker;
 
 pub use redis::{TestRedis, TestRedisCluster};
+pub use worker::InProcessWorker;
 
 /// Where `build.rs` put the guest components.
 const GUEST_DIR: &str = env!("WASM_RUNNER_GUEST_DIR");

@@ -7,7 +7,6 @@
 //! `host/tests/abuse.rs`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
@@ -15,64 +14,13 @@ use wasm_runner::queue::{
     DEFAULT_MAX_PAYLOAD_BYTES, EnqueueRequest, JobState, JobView, Queue, Quotas, Refusal, Registry,
     TaskDefaults, connect,
 };
-use wasm_runner::runtime::{EngineOptions, Executor};
 use wasm_runner::scheduler::{Backoff, RetryPolicy};
-use wasm_runner::worker::{WorkerConfig, serve};
-use wasm_runner_tests::{TestRedis, guest_bytes, wat};
+use wasm_runner_tests::{InProcessWorker, TestRedis, guest_bytes, wat};
 
 const QUEUE: &str = "default";
+const WORKER: &str = "abuse-worker";
 /// The key prefix of the default tenant's default queue (see docs/queue.md).
 const TAG: &str = "wr:{default/default}";
-
-/// A worker running in this process until stopped or dropped.
-struct Worker {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Worker {
-    fn start(redis: &TestRedis, lease: Duration, concurrency: usize) -> Worker {
-        let executor = Arc::new(
-            Executor::new(EngineOptions {
-                max_concurrent: concurrency as u32,
-                ..EngineOptions::default()
-            })
-            .expect("executor starts"),
-        );
-        let config = WorkerConfig {
-            concurrency,
-            lease,
-            grace: Duration::from_secs(5),
-            worker_id: "abuse-worker".into(),
-            ..WorkerConfig::new(redis.url())
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(serve(config, executor, async {
-            let _ = stopped.await;
-        }));
-        Worker {
-            stop: Some(stop),
-            handle,
-        }
-    }
-
-    fn is_running(&self) -> bool {
-        !self.handle.is_finished()
-    }
-
-    async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.handle).await.context("worker task panicked")?
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.handle.abort();
-    }
-}
 
 async fn upload(queue: &Queue, name: &str, package: &str, policy: RetryPolicy) {
     let defaults = TaskDefaults {
@@ -311,7 +259,7 @@ async fn payloads_at_and_over_the_limit() -> anyhow::Result<()> {
     let redis = TestRedis::start()?;
     let queue = Queue::open(&redis.url(), "default").await?;
     upload(&queue, "wordfreq", "example-wordfreq", one_attempt()).await;
-    let worker = Worker::start(&redis, Duration::from_secs(10), 2);
+    let worker = InProcessWorker::start(&redis, WORKER, 2, Duration::from_secs(10))?;
     let limit = DEFAULT_MAX_PAYLOAD_BYTES;
     let baseline_memory = info_field(&redis, "memory", "used_memory")?;
 
@@ -398,7 +346,7 @@ async fn fill_redis_until_refused_then_recover() -> anyhow::Result<String> {
     let queue = Queue::open(&redis.url(), "default").await?;
     upload(&queue, "wordfreq", "example-wordfreq", one_attempt()).await;
     upload(&queue, "slow", "example-slow", one_attempt()).await;
-    let worker = Worker::start(&redis, Duration::from_secs(2), SLOW_JOBS);
+    let worker = InProcessWorker::start(&redis, WORKER, SLOW_JOBS, Duration::from_secs(2))?;
     let mut ids = Vec::new();
     for _ in 0..SLOW_JOBS {
         let request = EnqueueRequest::new("slow", r#"{"ms": 3000}"#);
@@ -576,7 +524,7 @@ async fn retry_storm_spreads_out() -> anyhow::Result<()> {
     redis.command(&["SLOWLOG", "RESET"])?;
 
     let started = Instant::now();
-    let worker = Worker::start(&redis, Duration::from_secs(10), 8);
+    let worker = InProcessWorker::start(&redis, WORKER, 8, Duration::from_secs(10))?;
     wait_succeeded(&queue, JOBS as u64, Duration::from_secs(75)).await?;
     let drain = started.elapsed();
     let slow = slowlog(&redis)?;
@@ -717,7 +665,7 @@ async fn acknowledged_enqueues_survive_a_redis_crash_mid_drain() -> anyhow::Resu
     redis.command(&["CONFIG", "SET", "appendfsync", "always"])?;
     let queue = Queue::open(&redis.url(), "default").await?;
     upload(&queue, "hello", "example-hello", one_attempt()).await;
-    let worker = Worker::start(&redis, Duration::from_secs(2), 4);
+    let worker = InProcessWorker::start(&redis, WORKER, 4, Duration::from_secs(2))?;
 
     // The producer enqueues one job at a time and keeps the ids Redis acknowledged.
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -879,7 +827,7 @@ async fn abusive_guests_are_contained_and_the_worker_keeps_serving() -> anyhow::
         };
         mallory.upload(task, component, &defaults).await?;
     }
-    let worker = Worker::start(&redis, Duration::from_secs(5), 4);
+    let worker = InProcessWorker::start(&redis, WORKER, 4, Duration::from_secs(5))?;
 
     // The ordinary jobs alone first, for the comparison, then again beside the abusers.
     let alone = run_hellos(&queue, 200).await?;

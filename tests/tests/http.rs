@@ -7,18 +7,15 @@
 //! them rather than going untested.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use serde_json::{Value, json};
 use wasm_runner::api::ROUTES;
 use wasm_runner::queue::{Queue, Quotas, Registry};
-use wasm_runner::runtime::{EngineOptions, Executor};
-use wasm_runner::worker::{WorkerConfig, serve};
 use wasm_runner_tests::http::{Request, Response, TestApi};
 use wasm_runner_tests::openapi::{OpenApi, fill_template};
-use wasm_runner_tests::{TestRedis, guest_bytes};
+use wasm_runner_tests::{InProcessWorker, TestRedis, guest_bytes};
 
 /// The queue the tests enqueue to; not `default`, so nothing passes by falling back to it.
 const QUEUE: &str = "orders";
@@ -170,52 +167,6 @@ impl World {
         let tasks = self.send(Request::get("/v1/tasks").bearer(token)).await;
         let tasks = tasks.unwrap_or_else(|err| panic!("GET /v1/tasks after {after}: {err:#}"));
         assert_eq!(tasks.status, 200, "GET /v1/tasks after {after}: {tasks}");
-    }
-}
-
-/// A worker running in this process until dropped or stopped; serves every tenant and queue.
-struct Worker {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Worker {
-    fn start(redis: &TestRedis) -> anyhow::Result<Worker> {
-        let executor = Arc::new(Executor::new(EngineOptions {
-            max_concurrent: 2,
-            ..EngineOptions::default()
-        })?);
-        let config = WorkerConfig {
-            concurrency: 2,
-            lease: Duration::from_secs(5),
-            grace: Duration::from_secs(2),
-            worker_id: "http-test-worker".into(),
-            ..WorkerConfig::new(redis.url())
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(serve(config, executor, async {
-            let _ = stopped.await;
-        }));
-        Ok(Worker {
-            stop: Some(stop),
-            handle,
-        })
-    }
-
-    async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(15), &mut self.handle)
-            .await
-            .context("the worker did not stop within 15s")?
-            .context("the worker task panicked")?
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.handle.abort();
     }
 }
 
@@ -1693,7 +1644,8 @@ async fn a_running_job_canceled_over_http_stops_and_never_succeeds() -> anyhow::
     world
         .upload_ok(&a.token, "hello", "example-hello", "")
         .await?;
-    let worker = Worker::start(&world.redis)?;
+    let worker =
+        InProcessWorker::start(&world.redis, "http-test-worker", 2, Duration::from_secs(5))?;
 
     // A finished job cannot be canceled.
     let done = world

@@ -1,7 +1,6 @@
 //! End-to-end tests of the Redis queue and the worker, in process, each against its own
 //! private `redis-server`.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -9,63 +8,12 @@ use wasm_runner::outcome::Outcome;
 use wasm_runner::queue::{
     AttemptRecord, Completion, EnqueueRequest, JobState, JobView, Queue, TaskDefaults,
 };
-use wasm_runner::runtime::{EngineOptions, Executor};
 use wasm_runner::scheduler::{Backoff, RetryPolicy};
-use wasm_runner::worker::{WorkerConfig, serve};
-use wasm_runner_tests::{TestRedis, guest_bytes};
+use wasm_runner_tests::{InProcessWorker, TestRedis, guest_bytes};
 
 const QUEUE: &str = "default";
 const MAX_PAYLOAD: usize = 1 << 20;
-
-/// A worker running in this process until dropped or stopped.
-struct Worker {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Worker {
-    fn start(redis: &TestRedis, lease: Duration) -> Worker {
-        Worker::start_with(redis, lease, 4)
-    }
-
-    fn start_with(redis: &TestRedis, lease: Duration, concurrency: usize) -> Worker {
-        let executor = Arc::new(
-            Executor::new(EngineOptions {
-                max_concurrent: concurrency as u32,
-                ..EngineOptions::default()
-            })
-            .expect("executor starts"),
-        );
-        let config = WorkerConfig {
-            concurrency,
-            lease,
-            grace: Duration::from_secs(5),
-            worker_id: "test-worker".into(),
-            ..WorkerConfig::new(redis.url())
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(serve(config, executor, async {
-            let _ = stopped.await;
-        }));
-        Worker {
-            stop: Some(stop),
-            handle,
-        }
-    }
-
-    async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.handle).await.context("worker task panicked")?
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.handle.abort();
-    }
-}
+const WORKER: &str = "test-worker";
 
 fn policy(max_attempts: u32, intervals_ms: &[u64]) -> RetryPolicy {
     RetryPolicy::builder()
@@ -146,7 +94,7 @@ async fn flaky_job_succeeds_on_its_third_attempt() -> anyhow::Result<()> {
     let redis = TestRedis::start()?;
     let queue = Queue::open(&redis.url(), "default").await?;
     upload(&queue, "flaky", "example-flaky", policy(3, &[200, 400])).await;
-    let worker = Worker::start(&redis, Duration::from_secs(5));
+    let worker = InProcessWorker::start(&redis, WORKER, 4, Duration::from_secs(5))?;
 
     let id = enqueue(&queue, "flaky", "{}").await;
     let job = wait_for(&queue, &id, JobState::Succeeded, Duration::from_secs(20)).await?;
@@ -180,7 +128,7 @@ async fn permanent_error_runs_once_and_fails() -> anyhow::Result<()> {
     let redis = TestRedis::start()?;
     let queue = Queue::open(&redis.url(), "default").await?;
     upload(&queue, "validate", "example-validate", policy(5, &[50])).await;
-    let worker = Worker::start(&redis, Duration::from_secs(5));
+    let worker = InProcessWorker::start(&redis, WORKER, 4, Duration::from_secs(5))?;
 
     let id = enqueue(&queue, "validate", r#"{"email": "nope", "quantity": 1}"#).await;
     let job = wait_for(&queue, &id, JobState::Failed, Duration::from_secs(20)).await?;
@@ -203,7 +151,7 @@ async fn exhausted_retries_fail_after_max_attempts_and_can_be_requeued() -> anyh
     let redis = TestRedis::start()?;
     let queue = Queue::open(&redis.url(), "default").await?;
     upload(&queue, "flaky", "example-flaky", policy(2, &[50])).await;
-    let worker = Worker::start(&redis, Duration::from_secs(5));
+    let worker = InProcessWorker::start(&redis, WORKER, 4, Duration::from_secs(5))?;
 
     let id = enqueue(&queue, "flaky", "{}").await;
     let job = wait_for(&queue, &id, JobState::Failed, Duration::from_secs(20)).await?;
@@ -235,7 +183,7 @@ async fn retry_after_hint_is_honoured_and_clamped() -> anyhow::Result<()> {
     };
     upload(&queue, "limited", "example-rate-limited", policy(2, &[50])).await;
     upload(&queue, "clamped", "example-rate-limited", clamped).await;
-    let worker = Worker::start(&redis, Duration::from_secs(5));
+    let worker = InProcessWorker::start(&redis, WORKER, 4, Duration::from_secs(5))?;
 
     let honoured = enqueue(&queue, "limited", r#"{"retry_after_ms": 600}"#).await;
     let capped = enqueue(&queue, "clamped", r#"{"retry_after_ms": 60000}"#).await;
@@ -267,7 +215,7 @@ async fn delayed_job_waits_for_its_due_time() -> anyhow::Result<()> {
     let redis = TestRedis::start()?;
     let queue = Queue::open(&redis.url(), "default").await?;
     upload(&queue, "hello", "example-hello", policy(1, &[50])).await;
-    let worker = Worker::start(&redis, Duration::from_secs(5));
+    let worker = InProcessWorker::start(&redis, WORKER, 4, Duration::from_secs(5))?;
 
     let request = EnqueueRequest {
         delay: Some(Duration::from_millis(500)),
@@ -547,7 +495,7 @@ async fn job_with_a_missing_component_fails_with_the_reason() -> anyhow::Result<
     let id = enqueue(&queue, "hello", r#"{"name": "Gone"}"#).await;
     redis.command(&["DEL", &format!("wr:{{default}}:component:{digest}")])?;
 
-    let worker = Worker::start(&redis, Duration::from_secs(5));
+    let worker = InProcessWorker::start(&redis, WORKER, 4, Duration::from_secs(5))?;
     let job = wait_for(&queue, &id, JobState::Failed, Duration::from_secs(20)).await?;
     let outcome = job.outcome.context("outcome")?;
     assert_eq!(outcome["class"], "host_error");
@@ -571,7 +519,7 @@ async fn succeeded_jobs_are_dropped_after_their_retention() -> anyhow::Result<()
     assert_eq!(stats.succeeded_retention_ms, 300);
     assert_eq!(stats.failed_retention_ms, 7 * 24 * 60 * 60 * 1000);
 
-    let worker = Worker::start(&redis, Duration::from_secs(5));
+    let worker = InProcessWorker::start(&redis, WORKER, 4, Duration::from_secs(5))?;
     let id = enqueue(&queue, "hello", r#"{"name": "Brief"}"#).await;
     wait_for(&queue, &id, JobState::Succeeded, Duration::from_secs(20)).await?;
     // An idle worker fetches at least once a second, which applies retention.
@@ -598,7 +546,7 @@ async fn worker_stops_a_guest_whose_lease_is_lost() -> anyhow::Result<()> {
     let redis = TestRedis::start()?;
     let queue = Queue::open(&redis.url(), "default").await?;
     upload(&queue, "slow", "example-slow", policy(3, &[50])).await;
-    let worker = Worker::start_with(&redis, Duration::from_millis(900), 1);
+    let worker = InProcessWorker::start(&redis, WORKER, 1, Duration::from_millis(900))?;
     let id = enqueue(&queue, "slow", r#"{"ms": 20000}"#).await;
     let running = wait_for(&queue, &id, JobState::Running, Duration::from_secs(20)).await?;
 

@@ -1,71 +1,22 @@
 //! Tenants sharing one worker, in process: fairness between a flooding tenant and a quiet one,
 //! and each tenant's ceilings applied when its jobs run.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use wasm_runner::queue::{
     EnqueueRequest, JobState, JobView, Queue, Quotas, Registry, TaskDefaults, connect,
 };
-use wasm_runner::runtime::{EngineOptions, Executor};
 use wasm_runner::scheduler::RetryPolicy;
-use wasm_runner::worker::{WorkerConfig, serve};
-use wasm_runner_tests::{TestRedis, guest_bytes};
+use wasm_runner::worker::WorkerConfig;
+use wasm_runner_tests::{InProcessWorker, TestRedis, guest_bytes};
 
 const QUEUE: &str = "default";
+const WORKER: &str = "tenants-worker";
+const LEASE: Duration = Duration::from_secs(10);
 /// The flooding tenant's backlog and the quiet tenant's jobs, as the issue states them.
 const FLOOD: usize = 10_000;
 const QUIET: usize = 10;
-
-/// A worker serving every tenant, in this process, stopped on drop.
-struct Worker {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Worker {
-    fn start(redis: &TestRedis, concurrency: usize) -> anyhow::Result<Worker> {
-        Worker::start_with(redis, concurrency, false)
-    }
-
-    /// A worker whose executor meters fuel when `fuel` is set (`serve --fuel-metering`).
-    fn start_with(redis: &TestRedis, concurrency: usize, fuel: bool) -> anyhow::Result<Worker> {
-        let executor = Arc::new(Executor::new(EngineOptions {
-            max_concurrent: concurrency as u32,
-            fuel,
-            ..EngineOptions::default()
-        })?);
-        let config = WorkerConfig {
-            concurrency,
-            lease: Duration::from_secs(10),
-            grace: Duration::from_secs(5),
-            worker_id: "tenants-worker".into(),
-            ..WorkerConfig::new(redis.url())
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(serve(config, executor, async {
-            let _ = stopped.await;
-        }));
-        Ok(Worker {
-            stop: Some(stop),
-            handle,
-        })
-    }
-
-    async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.handle).await.context("worker task panicked")?
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.handle.abort();
-    }
-}
 
 /// Creates `name` and returns its handle, with `hello` uploaded (memory `memory_bytes`).
 async fn tenant(redis: &TestRedis, name: &str, quotas: Quotas) -> anyhow::Result<Queue> {
@@ -142,7 +93,7 @@ async fn fairness_behind(backlog: Backlog) -> anyhow::Result<()> {
     let quiet = tenant(&redis, "quiet", Quotas::default()).await?;
     upload(&flood, "hello", "example-hello", 64 << 20).await?;
     upload(&quiet, "hello", "example-hello", 64 << 20).await?;
-    let worker = Worker::start(&redis, CONCURRENCY)?;
+    let worker = InProcessWorker::start(&redis, WORKER, CONCURRENCY, LEASE)?;
 
     // Compile the task and let both tenants' queues go idle first, so the figures measure
     // scheduling, not the first compile.
@@ -283,7 +234,7 @@ async fn a_lowered_memory_ceiling_applies_to_jobs_already_queued() -> anyhow::Re
         .update("acme", |quotas| quotas.max_memory_bytes = Some(32 << 20))
         .await?;
 
-    let worker = Worker::start(&redis, 2)?;
+    let worker = InProcessWorker::start(&redis, WORKER, 2, LEASE)?;
     let job = wait_for(&acme, &id, JobState::Failed).await?;
     let outcome = &job.attempts[0].outcome;
     ensure!(
@@ -321,7 +272,7 @@ async fn a_lowered_timeout_ceiling_applies_to_jobs_already_queued() -> anyhow::R
         .update("acme", |quotas| quotas.max_timeout_ms = Some(300))
         .await?;
 
-    let worker = Worker::start(&redis, 2)?;
+    let worker = InProcessWorker::start(&redis, WORKER, 2, LEASE)?;
     let job = wait_for(&acme, &id, JobState::Failed).await?;
     let outcome = &job.attempts[0].outcome;
     ensure!(
@@ -350,7 +301,15 @@ async fn a_fuel_quota_stops_a_runaway_job_on_a_metering_worker() -> anyhow::Resu
     let free = tenant(&redis, "free", Quotas::default()).await?;
     upload(&capped, "spin", "example-spin", 64 << 20).await?;
     upload(&free, "hello", "example-hello", 64 << 20).await?;
-    let worker = Worker::start_with(&redis, 2, true)?;
+    let worker = InProcessWorker::start_with(
+        WorkerConfig {
+            concurrency: 2,
+            lease: LEASE,
+            worker_id: WORKER.into(),
+            ..WorkerConfig::new(redis.url())
+        },
+        true,
+    )?;
 
     let spin = capped
         .enqueue(QUEUE, &EnqueueRequest::new("spin", "{}"), usize::MAX)
