@@ -11,7 +11,7 @@ use clap::Args;
 use super::CommandError;
 use super::common::{PolicyArgs, QueueArg, RedisArgs, block_on, usage_or_host};
 use crate::config::{parse_duration, parse_size};
-use crate::queue::{DEFAULT_MAX_PAYLOAD_BYTES, EnqueueRequest};
+use crate::queue::{DEFAULT_MAX_PAYLOAD_BYTES, EnqueueRequest, Queue};
 use crate::scheduler::RetryPolicy;
 
 /// Add a job for a task and print its id; with `--batch`, one job per line of a file.
@@ -83,31 +83,12 @@ impl EnqueueCommand {
         let payload =
             super::run::read_payload(self.payload.as_deref(), self.payload_file.as_deref())
                 .map_err(CommandError::Usage)?;
-        let at_ms = self
-            .at
-            .as_deref()
-            .map(parse_time_ms)
-            .transpose()
-            .map_err(CommandError::Usage)?;
+        let at_ms = self.at_ms()?;
         let max_payload = usize::try_from(self.max_payload).unwrap_or(DEFAULT_MAX_PAYLOAD_BYTES);
 
         let enqueued = block_on(async {
             let queue = self.redis.open().await?;
-            let policy = if self.policy.is_empty() {
-                None
-            } else {
-                // Flags override the task's policy, so start from it.
-                let base = queue
-                    .task(&self.task)
-                    .await
-                    .map_err(CommandError::Host)?
-                    .map_or_else(RetryPolicy::default, |task| task.defaults.policy);
-                Some(
-                    self.policy
-                        .apply(base)
-                        .map_err(|msg| CommandError::Usage(anyhow!(msg)))?,
-                )
-            };
+            let policy = self.policy(&queue).await?;
             let request = EnqueueRequest {
                 policy,
                 timeout: self.timeout,
@@ -130,6 +111,34 @@ impl EnqueueCommand {
     }
 }
 
+impl EnqueueCommand {
+    /// `--at`, as ms since the epoch.
+    fn at_ms(&self) -> Result<Option<u64>, CommandError> {
+        self.at
+            .as_deref()
+            .map(parse_time_ms)
+            .transpose()
+            .map_err(CommandError::Usage)
+    }
+
+    /// The policy the policy flags ask for, or `None` to keep the task's. The flags override
+    /// single fields of the task's policy, so they start from it.
+    async fn policy(&self, queue: &Queue) -> Result<Option<RetryPolicy>, CommandError> {
+        if self.policy.is_empty() {
+            return Ok(None);
+        }
+        let base = queue
+            .task(&self.task)
+            .await
+            .map_err(CommandError::Host)?
+            .map_or_else(RetryPolicy::default, |task| task.defaults.policy);
+        self.policy
+            .apply(base)
+            .map(Some)
+            .map_err(|msg| CommandError::Usage(anyhow!(msg)))
+    }
+}
+
 /// How many lines of a batch file are checked and sent together.
 const BATCH_LINES: usize = 1000;
 
@@ -146,30 +155,12 @@ impl EnqueueCommand {
                 .map_err(CommandError::Usage)?;
             Box::new(std::io::BufReader::new(file))
         };
-        let at_ms = self
-            .at
-            .as_deref()
-            .map(parse_time_ms)
-            .transpose()
-            .map_err(CommandError::Usage)?;
+        let at_ms = self.at_ms()?;
         let max_payload = usize::try_from(self.max_payload).unwrap_or(DEFAULT_MAX_PAYLOAD_BYTES);
 
         block_on(async {
             let queue = self.redis.open().await?;
-            let policy = if self.policy.is_empty() {
-                None
-            } else {
-                let base = queue
-                    .task(&self.task)
-                    .await
-                    .map_err(CommandError::Host)?
-                    .map_or_else(RetryPolicy::default, |task| task.defaults.policy);
-                Some(
-                    self.policy
-                        .apply(base)
-                        .map_err(|msg| CommandError::Usage(anyhow!(msg)))?,
-                )
-            };
+            let policy = self.policy(&queue).await?;
             let template = EnqueueRequest {
                 policy,
                 timeout: self.timeout,
