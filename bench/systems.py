@@ -146,7 +146,7 @@ class WasmRunner(System):
     # W1 reads the round trips each serve reports in its shutdown line, which the worker
     # module logs at INFO, next to an INFO line per attempt; other workloads log warnings only.
     # BENCH_WR_LOG overrides the W1 filter (see bench/README.md).
-    W1_LOG_FILTER = os.environ.get("BENCH_WR_LOG", "warn,wasm_runner::worker=info")
+    W1_LOG_FILTER = os.environ.get("BENCH_WR_LOG", "warn,wasm_runner::worker::totals=info")
 
     TASKS = {
         # kind: (task name, component, upload flags)

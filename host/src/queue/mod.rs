@@ -388,19 +388,30 @@ impl Queue {
             )?);
         }
         self.check_room(jobs.len()).await?;
-        self.note_queue(queue).await?;
 
         let mut conn = self.conn.clone();
         let mut enqueued = Vec::with_capacity(jobs.len());
         if jobs.len() <= ENQUEUE_SCRIPT_BATCH {
-            let replies: Vec<(i64, String)> =
-                enqueue_invocation(&self.scripts.enqueue, &keys, &jobs)
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(|err| redis_failure(err, enqueue_failure(&jobs)))?;
+            // The queue is noted in the same round trip as its jobs: both commands go out on
+            // the shared connection together, the note first. One enqueue at a time is the
+            // latency-bound case (an API call per job), where a round trip is most of the cost.
+            let invocation = enqueue_invocation(&self.scripts.enqueue, &keys, &jobs);
+            let (noted, replies) = tokio::join!(
+                self.note_queue(queue),
+                invocation.invoke_async::<Vec<(i64, String)>>(&mut conn)
+            );
+            let replies = replies.map_err(|err| redis_failure(err, enqueue_failure(&jobs)))?;
+            if noted.is_err() {
+                // The jobs are in; workers find a queue through the note, so try it again.
+                self.note_queue(queue).await.context(
+                    "the jobs were enqueued, but workers may not find their queue until the \
+                     next enqueue to it succeeds",
+                )?;
+            }
             enqueued.extend(replies.into_iter().map(Enqueued::from_reply));
             return Ok(enqueued);
         }
+        self.note_queue(queue).await?;
         // A pipeline does not reload a script Redis has lost, so load it first.
         self.scripts
             .enqueue

@@ -6,6 +6,7 @@
 //! needs no tenant commands at all; creating it gives it a token and quotas like any other.
 
 use std::fmt;
+use std::sync::LazyLock;
 
 use anyhow::{Context as _, anyhow, bail};
 use redis::{AsyncCommands, Script};
@@ -197,6 +198,10 @@ pub fn token_hash(token: &str) -> String {
     format!("{:x}", Sha256::digest(token.as_bytes()))
 }
 
+/// The token lookup of [`Registry::authenticate`], built once.
+static AUTHENTICATE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/authenticate.lua")));
+
 /// Reads and changes the tenant registry.
 #[derive(Clone)]
 pub struct Registry {
@@ -366,18 +371,20 @@ impl Registry {
             return Ok(None);
         }
         let hash = token_hash(token);
-        let name: Option<String> = self
-            .conn
-            .clone()
-            .hget(registry_tokens(), &hash)
+        // One round trip for the index and the record: every API request pays for it.
+        let found: Option<(String, String)> = AUTHENTICATE
+            .key(registry_tokens())
+            .key(registry_tenants())
+            .arg(&hash)
+            .invoke_async(&mut self.conn.clone())
             .await
             .context("failed to look up an API token")?;
-        let Some(name) = name else { return Ok(None) };
+        let Some((name, json)) = found else {
+            return Ok(None);
+        };
         // The index and the record are written together, but check the record as well: a token
         // must match the tenant's current hash to count.
-        Ok(self
-            .get(&name)
-            .await?
+        Ok(Some(parse_record(&name, &json)?)
             .filter(|record| record.token_hash.as_deref() == Some(hash.as_str())))
     }
 

@@ -302,7 +302,11 @@ pub async fn serve(
     );
     worker.drain(&slots).await;
     background.abort_all();
+    // A target of its own, so the totals can be asked for alone
+    // (`RUST_LOG=warn,wasm_runner::worker::totals=info`, as the benchmark does) without turning
+    // on the per-job spans of `wasm_runner::worker`.
     tracing::info!(
+        target: "wasm_runner::worker::totals",
         worker = %worker.config.worker_id,
         jobs = worker.recorded.load(Ordering::Relaxed),
         redis_round_trips = crate::queue::conn::round_trips(),
