@@ -115,10 +115,11 @@ for _, id in ipairs(ids) do
   if f[1] then
     local token = tonumber(f[1]) + 1
     local attempt = tonumber(f[2]) + 1
+    local token_s = int(token)
     redis.call('HSET', job, 'state', 'running', 'worker', ARGV[2], 'started_at', now_s,
-      'token', int(token), 'attempt', int(attempt))
+      'token', token_s, 'attempt', int(attempt))
     leases[#leases + 1] = until_ms
-    leases[#leases + 1] = id .. '|' .. token
+    leases[#leases + 1] = id .. '|' .. token_s
     tally(counts, f[4], 'queued', 'running')
     jobs[#jobs + 1] = {id, token, attempt, f[3], f[4], f[5], f[6], f[7], f[8], f[9]}
   end

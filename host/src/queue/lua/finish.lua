@@ -67,9 +67,10 @@ for k = 1, #members do
         redis.call('LPUSH', KEYS[2], id)
         tally(counts, task, 'running', 'queued')
       elseif delay > 0 then
-        redis.call('HSET', job, 'state', 'scheduled', 'due_at', int(now + delay), 'outcome', outcome,
-          run, record)
-        redis.call('ZADD', KEYS[3], int(now + delay), id)
+        local due = int(now + delay)
+        redis.call('HSET', job, 'state', 'scheduled', 'due_at', due, 'outcome', outcome, run,
+          record)
+        redis.call('ZADD', KEYS[3], due, id)
         tally(counts, task, 'running', 'scheduled')
       else
         redis.call('HSET', job, 'state', 'queued', 'outcome', outcome, run, record)
